@@ -1,0 +1,295 @@
+"""The main process: owns config, listening sockets, DNS and the workers.
+
+It parses nothing on the data path and accepts no connections itself. At start it
+resolves STRICT_DNS clusters (readiness waits for the first answer), binds one
+SO_REUSEPORT socket per listener per worker, and forks the workers. Afterwards it
+supervises them:
+
+* a worker that dies is replaced on the same sockets, with exponential backoff when
+  it keeps dying young (logged each time);
+* DNS is refreshed every ``dns_refresh_rate`` and changed host sets are pushed to
+  every worker over its control channel;
+* SIGTERM/SIGINT: workers stop accepting and drain for up to ``--drain-time-s``; the
+  main process exits 0 when they are gone (stragglers are killed a little later);
+* SIGHUP is reserved for hot restart and only logged for now.
+
+Signal handlers only schedule work on the loop; nothing heavy runs inside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from meshproxy import __version__
+from meshproxy.config.model import Bootstrap, DiscoveryType
+from meshproxy.dns import HostTuple, resolve_cluster
+from meshproxy.listen_sockets import bind_listener
+
+log = logging.getLogger("meshproxy.main")
+
+# A worker that dies within this many seconds of starting counts as a crash loop.
+YOUNG_WORKER_S = 10.0
+MAX_RESPAWN_DELAY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    concurrency: int
+    base_id: int = 0
+    drain_time_s: float = 600.0
+    parent_shutdown_time_s: float = 900.0
+    pid_file: str | None = None
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    """One worker position; its process is replaced when it dies."""
+
+    index: int
+    pid: int = 0
+    control: socket.socket | None = None
+    started_at: float = 0.0
+    ready: bool = False
+    quick_failures: int = 0
+    respawn: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class MainState:
+    resolved: dict[str, list[HostTuple]] = field(default_factory=dict)
+    worker_restarts: int = 0
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE to %s: %s", hard, exc)
+    return soft
+
+
+class MainProcess:
+    """Runs one generation of meshproxy: its sockets, its workers, until told to stop."""
+
+    def __init__(self, bootstrap: Bootstrap, options: ServerOptions,
+                 stats_factory: Callable[[int], Callable[[], Any]]) -> None:
+        self.bootstrap = bootstrap
+        self.options = options
+        self.stats_factory = stats_factory
+        self.state = MainState()
+        self.slots = [WorkerSlot(i) for i in range(options.concurrency)]
+        self.sockets: dict[str, list[socket.socket]] = {}
+        self.stopping = False
+        self.loop = asyncio.new_event_loop()
+        self.done: asyncio.Future[int] = self.loop.create_future()
+        self.started_at = time.time()
+
+    # ----- start ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        asyncio.set_event_loop(self.loop)
+        nofile = raise_nofile_limit()
+        log.info("meshproxy %s starting: %d workers, RLIMIT_NOFILE %d", __version__,
+                 self.options.concurrency, nofile)
+        try:
+            self.loop.run_until_complete(self._resolve_all(initial=True))
+            for listener in self.bootstrap.listeners:
+                self.sockets[listener.name] = bind_listener(listener, self.options.concurrency)
+                log.info("listener '%s' on %s", listener.name, self.sockets[listener.name][0].getsockname())
+            self._write_pid_file()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(sig, self.shutdown)
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
+            for slot in self.slots:
+                self._spawn(slot)
+            for cluster in self.bootstrap.clusters:
+                if cluster.type is DiscoveryType.STRICT_DNS:
+                    self.loop.create_task(self._refresh_dns(cluster.name))
+            return self.loop.run_until_complete(self.done)
+        finally:
+            self._cleanup()
+
+    async def _resolve_all(self, initial: bool) -> None:
+        for cluster in self.bootstrap.clusters:
+            if cluster.type is DiscoveryType.STRICT_DNS:
+                try:
+                    self.state.resolved[cluster.name] = await resolve_cluster(self.loop, cluster)
+                except OSError as exc:
+                    log.warning("cluster '%s': DNS resolution failed: %s", cluster.name, exc)
+                    self.state.resolved.setdefault(cluster.name, [])
+
+    async def _refresh_dns(self, name: str) -> None:
+        cluster = self.bootstrap.cluster(name)
+        assert cluster is not None
+        while not self.stopping:
+            await asyncio.sleep(cluster.dns_refresh_rate)
+            try:
+                hosts = await resolve_cluster(self.loop, cluster)
+            except OSError as exc:
+                log.warning("cluster '%s': DNS refresh failed, keeping %d hosts: %s", name,
+                            len(self.state.resolved.get(name, [])), exc)
+                continue
+            if hosts != self.state.resolved.get(name):
+                log.info("cluster '%s': hosts changed to %s", name, [f"{h[0]}:{h[1]}" for h in hosts])
+                self.state.resolved[name] = hosts
+                self._broadcast({"t": "hosts", "c": name, "h": [list(h) for h in hosts]})
+
+    # ----- workers ----------------------------------------------------------------------------
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        slot.respawn = None
+        if self.stopping:
+            return
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sockets = {name: socks[slot.index] for name, socks in self.sockets.items()}
+        stats_factory = self.stats_factory(slot.index)
+        parent_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            parent_end.close()
+            for other in self.slots:
+                if other.control is not None:
+                    other.control.close()
+            from workers.worker import run
+
+            run(slot.index, self.bootstrap, sockets, child_end, stats_factory,
+                self.state.resolved, self.options.drain_time_s, parent_pid)
+        child_end.close()
+        parent_end.setblocking(False)
+        slot.pid = pid
+        slot.control = parent_end
+        slot.started_at = time.monotonic()
+        slot.ready = False
+        self.loop.add_reader(parent_end.fileno(), self._on_worker_message, slot)
+        log.info("worker %d started (pid %d)", slot.index, pid)
+
+    def _on_worker_message(self, slot: WorkerSlot) -> None:
+        control = slot.control
+        if control is None:
+            return
+        try:
+            data = control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_control(slot)
+            return
+        message = msgpack.unpackb(data)
+        if message.get("t") == "ready":
+            slot.ready = True
+
+    def _drop_control(self, slot: WorkerSlot) -> None:
+        if slot.control is not None:
+            self.loop.remove_reader(slot.control.fileno())
+            slot.control.close()
+            slot.control = None
+
+    def _broadcast(self, message: dict) -> None:
+        data = msgpack.packb(message)
+        for slot in self.slots:
+            if slot.control is not None:
+                try:
+                    slot.control.send(data)
+                except OSError as exc:
+                    log.warning("worker %d: control channel: %s", slot.index, exc)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            self._on_worker_exit(slot, status)
+        if self.stopping and all(s.pid == 0 for s in self.slots) and not self.done.done():
+            self.done.set_result(0)
+
+    def _on_worker_exit(self, slot: WorkerSlot, status: int) -> None:
+        pid, slot.pid = slot.pid, 0
+        self._drop_control(slot)
+        if self.stopping:
+            log.info("worker %d exited (%s)", slot.index, _describe_status(status))
+            return
+        self.state.worker_restarts += 1
+        lived = time.monotonic() - slot.started_at
+        slot.quick_failures = slot.quick_failures + 1 if lived < YOUNG_WORKER_S else 0
+        delay = 0.0 if slot.quick_failures <= 1 else min(MAX_RESPAWN_DELAY_S, 0.1 * 2 ** slot.quick_failures)
+        log.warning("worker %d (pid %d) exited unexpectedly (%s) after %.1fs; restarting in %.1fs",
+                    slot.index, pid, _describe_status(status), lived, delay)
+        slot.respawn = self.loop.call_later(delay, self._spawn, slot)
+
+    # ----- stop -----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Graceful stop: workers drain, then the main process exits 0."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: draining workers for up to %.0fs", self.options.drain_time_s)
+        for slot in self.slots:
+            if slot.respawn is not None:
+                slot.respawn.cancel()
+                slot.respawn = None
+            if slot.pid:
+                _signal(slot.pid, signal.SIGTERM)
+        self.loop.call_later(self.options.drain_time_s + 5.0, self._kill_stragglers)
+        self._reap()
+
+    def _kill_stragglers(self) -> None:
+        for slot in self.slots:
+            if slot.pid:
+                log.warning("worker %d did not exit after the drain; killing it", slot.index)
+                _signal(slot.pid, signal.SIGKILL)
+
+    def _on_sighup(self) -> None:
+        log.warning("SIGHUP received: hot restart is not implemented in this version; ignored")
+
+    def _write_pid_file(self) -> None:
+        if self.options.pid_file:
+            with open(self.options.pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+
+    def _cleanup(self) -> None:
+        for slot in self.slots:
+            if slot.pid:
+                _signal(slot.pid, signal.SIGKILL)
+        for socks in self.sockets.values():
+            for sock in set(socks):
+                sock.close()
+        if self.options.pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.options.pid_file)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

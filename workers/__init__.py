@@ -1,0 +1,1 @@
+"""The data path: worker processes, listeners, downstream and upstream connections, clusters."""
