@@ -28,7 +28,7 @@ TYPE_URL_PREFIX = "type.googleapis.com/"
 
 # The filters that ship with meshproxy; imported lazily so that a codec import never
 # drags the whole registry in.
-BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy",)
+BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy", "filters.echo")
 
 ENTRY_POINT_GROUP = "meshproxy.filters"
 
