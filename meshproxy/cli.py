@@ -74,4 +74,4 @@ def main(ctx: click.Context, config_paths: tuple[str, ...], config_yaml: str | N
     options = ServerOptions(concurrency=workers, base_id=base_id, drain_time_s=drain_time_s,
                             parent_shutdown_time_s=parent_shutdown_time_s, pid_file=pid_file)
     backend = StatsBackend(bootstrap, base_id)
-    sys.exit(MainProcess(bootstrap, options, backend.worker_store_factory).run())
+    sys.exit(MainProcess(bootstrap, options, backend).run())

@@ -26,9 +26,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 
@@ -36,6 +34,9 @@ from meshproxy import __version__
 from meshproxy.config.model import Bootstrap, DiscoveryType
 from meshproxy.dns import HostTuple, resolve_cluster
 from meshproxy.listen_sockets import bind_listener
+from meshproxy.main_stats import MainStats
+from meshproxy.stats import StatsBackend
+from workers.cluster import static_endpoints
 
 log = logging.getLogger("meshproxy.main")
 
@@ -59,6 +60,7 @@ class WorkerSlot:
 
     index: int
     pid: int = 0
+    area: int = -1
     control: socket.socket | None = None
     started_at: float = 0.0
     ready: bool = False
@@ -69,7 +71,6 @@ class WorkerSlot:
 @dataclass(slots=True)
 class MainState:
     resolved: dict[str, list[HostTuple]] = field(default_factory=dict)
-    worker_restarts: int = 0
 
 
 def raise_nofile_limit() -> int:
@@ -87,11 +88,11 @@ def raise_nofile_limit() -> int:
 class MainProcess:
     """Runs one generation of meshproxy: its sockets, its workers, until told to stop."""
 
-    def __init__(self, bootstrap: Bootstrap, options: ServerOptions,
-                 stats_factory: Callable[[int], Callable[[], Any]]) -> None:
+    def __init__(self, bootstrap: Bootstrap, options: ServerOptions, backend: StatsBackend) -> None:
         self.bootstrap = bootstrap
         self.options = options
-        self.stats_factory = stats_factory
+        self.backend = backend
+        self.stats = MainStats(backend.store, bootstrap, options.concurrency, epoch=0)
         self.state = MainState()
         self.slots = [WorkerSlot(i) for i in range(options.concurrency)]
         self.sockets: dict[str, list[socket.socket]] = {}
@@ -109,6 +110,9 @@ class MainProcess:
                  self.options.concurrency, nofile)
         try:
             self.loop.run_until_complete(self._resolve_all(initial=True))
+            for cluster in self.bootstrap.clusters:
+                hosts = self.state.resolved.get(cluster.name) or static_endpoints(cluster)
+                self.stats.set_hosts(cluster.name, hosts)
             for listener in self.bootstrap.listeners:
                 self.sockets[listener.name] = bind_listener(listener, self.options.concurrency)
                 log.info("listener '%s' on %s", listener.name, self.sockets[listener.name][0].getsockname())
@@ -122,6 +126,7 @@ class MainProcess:
             for cluster in self.bootstrap.clusters:
                 if cluster.type is DiscoveryType.STRICT_DNS:
                     self.loop.create_task(self._refresh_dns(cluster.name))
+            self._tick()
             return self.loop.run_until_complete(self.done)
         finally:
             self._cleanup()
@@ -129,9 +134,13 @@ class MainProcess:
     async def _resolve_all(self, initial: bool) -> None:
         for cluster in self.bootstrap.clusters:
             if cluster.type is DiscoveryType.STRICT_DNS:
+                block = self.stats.clusters[cluster.name]
+                block.update_attempt.inc()
                 try:
                     self.state.resolved[cluster.name] = await resolve_cluster(self.loop, cluster)
+                    block.update_success.inc()
                 except OSError as exc:
+                    block.update_failure.inc()
                     log.warning("cluster '%s': DNS resolution failed: %s", cluster.name, exc)
                     self.state.resolved.setdefault(cluster.name, [])
 
@@ -140,15 +149,21 @@ class MainProcess:
         assert cluster is not None
         while not self.stopping:
             await asyncio.sleep(cluster.dns_refresh_rate)
+            block = self.stats.clusters[name]
+            block.update_attempt.inc()
             try:
                 hosts = await resolve_cluster(self.loop, cluster)
+                block.update_success.inc()
             except OSError as exc:
+                block.update_failure.inc()
                 log.warning("cluster '%s': DNS refresh failed, keeping %d hosts: %s", name,
                             len(self.state.resolved.get(name, [])), exc)
                 continue
             if hosts != self.state.resolved.get(name):
                 log.info("cluster '%s': hosts changed to %s", name, [f"{h[0]}:{h[1]}" for h in hosts])
                 self.state.resolved[name] = hosts
+                block.membership_change.inc()
+                self.stats.set_hosts(name, hosts)
                 self._broadcast({"t": "hosts", "c": name, "h": [list(h) for h in hosts]})
 
     # ----- workers ----------------------------------------------------------------------------
@@ -159,18 +174,25 @@ class MainProcess:
             return
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sockets = {name: socks[slot.index] for name, socks in self.sockets.items()}
-        stats_factory = self.stats_factory(slot.index)
+        slot.area = self.backend.claim_area()
+        stats_factory = self.backend.store_factory(slot.area)
         parent_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
-            parent_end.close()
-            for other in self.slots:
-                if other.control is not None:
-                    other.control.close()
-            from workers.worker import run
+            # Never return into the main process's stack: its cleanup would kill the sibling workers.
+            try:
+                parent_end.close()
+                for other in self.slots:
+                    if other.control is not None:
+                        other.control.close()
+                from workers.worker import run
 
-            run(slot.index, self.bootstrap, sockets, child_end, stats_factory,
-                self.state.resolved, self.options.drain_time_s, parent_pid)
+                run(slot.index, self.bootstrap, sockets, child_end, stats_factory,
+                    self.state.resolved, self.options.drain_time_s, parent_pid)
+            except BaseException:
+                log.exception("worker %d failed to start", slot.index)
+            finally:
+                os._exit(1)
         child_end.close()
         parent_end.setblocking(False)
         slot.pid = pid
@@ -196,6 +218,7 @@ class MainProcess:
         message = msgpack.unpackb(data)
         if message.get("t") == "ready":
             slot.ready = True
+            self.stats.listener_manager.workers_started.set(sum(1 for s in self.slots if s.ready))
 
     def _drop_control(self, slot: WorkerSlot) -> None:
         if slot.control is not None:
@@ -230,10 +253,14 @@ class MainProcess:
     def _on_worker_exit(self, slot: WorkerSlot, status: int) -> None:
         pid, slot.pid = slot.pid, 0
         self._drop_control(slot)
+        slot.ready = False
+        if slot.area >= 0:  # fold its counters into the retained totals, drop its gauges
+            self.backend.release_area(slot.area)
+            slot.area = -1
         if self.stopping:
             log.info("worker %d exited (%s)", slot.index, _describe_status(status))
             return
-        self.state.worker_restarts += 1
+        self.stats.server.worker_restarts.inc()
         lived = time.monotonic() - slot.started_at
         slot.quick_failures = slot.quick_failures + 1 if lived < YOUNG_WORKER_S else 0
         delay = 0.0 if slot.quick_failures <= 1 else min(MAX_RESPAWN_DELAY_S, 0.1 * 2 ** slot.quick_failures)
@@ -264,6 +291,14 @@ class MainProcess:
                 log.warning("worker %d did not exit after the drain; killing it", slot.index)
                 _signal(slot.pid, signal.SIGKILL)
 
+    def _tick(self) -> None:
+        self.stats.tick()
+        if not self.stopping:
+            self.loop.call_later(1.0, self._tick)
+
+    def worker_pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.pid]
+
     def _on_sighup(self) -> None:
         log.warning("SIGHUP received: hot restart is not implemented in this version; ignored")
 
@@ -282,6 +317,7 @@ class MainProcess:
         if self.options.pid_file:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.options.pid_file)
+        self.backend.close(unlink=True)
 
 
 def _signal(pid: int, sig: int) -> None:

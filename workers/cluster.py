@@ -23,24 +23,32 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from meshproxy.config.model import Cluster, Endpoint, LbPolicy
+from stats_shm import StatBlock
 from workers.stat_names import ClusterStats, sanitize
 
 
+class HostStats(StatBlock):
+    """Per-host figures for ``/clusters``; internal names (``_host.<cluster>.<ip_port>.*``)."""
+
+    COUNTERS = ("cx_total", "cx_connect_fail", "rq_total", "rq_timeout", "rq_success", "rq_error")
+    GAUGES = ("cx_active", "rq_active")
+
+
+def host_stat_prefix(cluster_stat_name: str, address: str, port: int) -> str:
+    return f"_host.{sanitize(cluster_stat_name)}.{sanitize(f'{address}:{port}')}."
+
+
 class Host:
-    """One upstream endpoint, with the per-host counters ``/clusters`` shows."""
+    """One upstream endpoint. ``rq_active`` is this worker's own count (for LEAST_REQUEST)."""
 
-    __slots__ = ("address", "cx_active", "cx_connect_fail", "cx_total", "port", "rq_active", "rq_total",
-                 "weight")
+    __slots__ = ("address", "port", "rq_active", "stats", "weight")
 
-    def __init__(self, address: str, port: int, weight: int = 1) -> None:
+    def __init__(self, address: str, port: int, weight: int, stats: HostStats) -> None:
         self.address = address
         self.port = port
         self.weight = weight
-        self.cx_active = 0
-        self.cx_total = 0
-        self.cx_connect_fail = 0
+        self.stats = stats
         self.rq_active = 0
-        self.rq_total = 0
 
     @property
     def key(self) -> str:
@@ -168,6 +176,7 @@ class ClusterRuntime:
         self.config = config
         self.name = config.name
         self.connect_timeout = config.connect_timeout
+        self.stats_store = stats_store
         self.stats = ClusterStats(stats_store, f"cluster.{sanitize(config.stat_name)}.")
         self.hosts: tuple[Host, ...] = ()
         self.lb: LoadBalancer = make_load_balancer(config, ())
@@ -184,7 +193,8 @@ class ClusterRuntime:
         for address, port, weight, _priority in endpoints:
             host = known.get((address, port))
             if host is None:
-                host = Host(address, port, weight)
+                stats = HostStats(self.stats_store, host_stat_prefix(self.config.stat_name, address, port))
+                host = Host(address, port, weight, stats)
             host.weight = weight
             hosts.append(host)
         self.hosts = tuple(hosts)

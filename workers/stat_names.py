@@ -43,10 +43,6 @@ class ClusterStats(StatBlock):
         "upstream_flow_control_drained_total",
         "upstream_rq_total",
         "upstream_rq_timeout",
-        "membership_change",
-        "update_attempt",
-        "update_success",
-        "update_failure",
     )
     GAUGES = ("upstream_cx_active", "upstream_rq_active")
     HISTOGRAMS = ("upstream_cx_connect_ms", "upstream_cx_length_ms")

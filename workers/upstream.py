@@ -52,7 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             stats.upstream_cx_destroy_remote.inc()
         stats.upstream_cx_length_ms.record((time.monotonic() - self.connected_at) * 1000.0)
-        self.host.cx_active -= 1
+        self.host.stats.cx_active.dec()
         self.owner.on_upstream_closed(exc)
 
     def pause_writing(self) -> None:
@@ -114,7 +114,7 @@ class ConnectAttempt:
         self._done: ConnectDone | None = done
         self.started = time.monotonic()
         cluster.stats.upstream_cx_total.inc()
-        host.cx_total += 1
+        host.stats.cx_total.inc()
         self._task = loop.create_task(_open(loop, host, protocol))
         self._task.add_done_callback(self._finished)
         self._timer = loop.call_later(cluster.connect_timeout, self._timed_out)
@@ -132,7 +132,7 @@ class ConnectAttempt:
         self._task.cancel()
         self.cluster.stats.upstream_cx_connect_timeout.inc()
         self.cluster.stats.upstream_cx_connect_fail.inc()
-        self.host.cx_connect_fail += 1
+        self.host.stats.cx_connect_fail.inc()
         done(None, "connect_timeout")
 
     def _finished(self, task: asyncio.Task) -> None:
@@ -147,14 +147,14 @@ class ConnectAttempt:
             return
         if exc is not None:
             self.cluster.stats.upstream_cx_connect_fail.inc()
-            self.host.cx_connect_fail += 1
+            self.host.stats.cx_connect_fail.inc()
             done(None, "connect_fail")
             return
         conn = task.result()
         stats = self.cluster.stats
         stats.upstream_cx_active.inc()
         stats.upstream_cx_connect_ms.record((time.monotonic() - self.started) * 1000.0)
-        self.host.cx_active += 1
+        self.host.stats.cx_active.inc()
         done(conn, "")
 
 

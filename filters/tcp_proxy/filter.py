@@ -61,6 +61,7 @@ class TcpProxyFilter(NetworkFilter):
         self.picker = picker
         self.worker = worker
         self.cluster: Any = None
+        self.host: Any = None
         self.upstream: Upstream | None = None
         self.attempt: ConnectHandle | None = None
         self.attempts = 0
@@ -107,8 +108,10 @@ class TcpProxyFilter(NetworkFilter):
             self.attempt.cancel()
             self.attempt = None
         if self.upstream is not None:
-            # Pending bytes towards upstream still flush after downstream went away.
-            self.upstream.close(flush=event is ConnectionEvent.REMOTE_CLOSE)
+            # Pending bytes towards upstream still flush after downstream went away, or when
+            # both directions ended normally; any other local close (timeout, drain) aborts.
+            ended = self.downstream_eof and self.upstream_eof
+            self.upstream.close(flush=ended or event is ConnectionEvent.REMOTE_CLOSE)
 
     def on_above_write_buffer_high_watermark(self) -> None:
         self.stats.downstream_flow_control_paused_reading_total.inc()
@@ -134,6 +137,7 @@ class TcpProxyFilter(NetworkFilter):
 
     def on_upstream_closed(self, exc: Exception | None) -> None:
         self.upstream = None
+        self._request_ended()
         if not self.downstream_closed:
             self.callbacks.close(flush=True)
 
@@ -154,6 +158,7 @@ class TcpProxyFilter(NetworkFilter):
             self.callbacks.close(flush=False)
             return
         self.attempts += 1
+        self.host = host
         self.attempt = self.worker.connect_upstream(cluster, host, self, self._on_connect_done)
 
     def _on_connect_done(self, upstream: Upstream | None, failure: str) -> None:
@@ -171,10 +176,27 @@ class TcpProxyFilter(NetworkFilter):
             self.callbacks.close(flush=False)
             return
         self.upstream = upstream
+        self._request_started()
         self.last_activity = time.monotonic()
         if self.config.idle_timeout is not None:
             self.idle_timer = self.callbacks.loop.call_later(self.config.idle_timeout, self._on_idle_timer)
         self.callbacks.continue_reading()
+
+    def _request_started(self) -> None:
+        """An upstream connection is one active request to its host (LEAST_REQUEST, /clusters)."""
+        host = self.host
+        host.rq_active += 1
+        host.stats.rq_total.inc()
+        host.stats.rq_active.inc()
+        self.cluster.stats.upstream_rq_total.inc()
+        self.cluster.stats.upstream_rq_active.inc()
+
+    def _request_ended(self) -> None:
+        host = self.host
+        host.rq_active -= 1
+        host.stats.rq_active.dec()
+        host.stats.rq_success.inc()
+        self.cluster.stats.upstream_rq_active.dec()
 
     # ----- timers ---------------------------------------------------------------------------
 
