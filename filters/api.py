@@ -61,6 +61,10 @@ class FilterCallbacks(Protocol):
     def continue_reading(self) -> None:
         """Resume a chain that this filter stopped; buffered downstream data is delivered."""
 
+    def inject_read_data(self, data: bytes, end_stream: bool, after: NetworkFilter) -> None:
+        """Pass downstream bytes to the filters after ``after``: how a filter that returned
+        STOP_ITERATION from ``on_data`` (e.g. to delay a request) lets them through later."""
+
     def write(self, data: bytes, end_stream: bool = False) -> None:
         """Send bytes to downstream (through the write filters); ``end_stream`` half-closes."""
 

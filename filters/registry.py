@@ -20,15 +20,14 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from filters.config_schema import ParseContext
-
     from filters.api import NetworkFilter
+    from filters.config_schema import ParseContext
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
 # The filters that ship with meshproxy; imported lazily so that a codec import never
 # drags the whole registry in.
-BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy", "filters.echo")
+BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy", "filters.echo", "filters.mongo_proxy")
 
 ENTRY_POINT_GROUP = "meshproxy.filters"
 

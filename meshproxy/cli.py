@@ -71,7 +71,19 @@ def main(ctx: click.Context, config_paths: tuple[str, ...], config_yaml: str | N
 
     setup_logging(log_level, log_path)
     workers = _default_concurrency() if concurrency is None else max(1, concurrency)
+    cli = (("config_path", ",".join(config_paths)), ("config_yaml", config_yaml or ""), ("mode", mode),
+           ("log_level", log_level), ("log_path", log_path or ""), ("pid_file", pid_file or ""),
+           ("filter_modules", list(filter_modules)))
     options = ServerOptions(concurrency=workers, base_id=base_id, drain_time_s=drain_time_s,
-                            parent_shutdown_time_s=parent_shutdown_time_s, pid_file=pid_file)
+                            parent_shutdown_time_s=parent_shutdown_time_s, pid_file=pid_file, cli=cli)
     backend = StatsBackend(bootstrap, base_id)
     sys.exit(MainProcess(bootstrap, options, backend).run())
+
+
+def _add_subcommands() -> None:
+    from meshproxy.stats_cli import stats as stats_command
+
+    main.add_command(stats_command)
+
+
+_add_subcommands()

@@ -31,11 +31,15 @@ from dataclasses import dataclass, field
 import msgpack
 
 from meshproxy import __version__
-from meshproxy.config.model import Bootstrap, DiscoveryType
+from meshproxy.admin import AdminServer
+from meshproxy.admin.tags import TagProducer
+from meshproxy.config.model import Bootstrap, DiscoveryType, TrafficDirection
 from meshproxy.dns import HostTuple, resolve_cluster
 from meshproxy.listen_sockets import bind_listener
-from meshproxy.main_stats import MainStats
+from meshproxy.main_admin import MainAdmin
+from meshproxy.main_stats import STATE_DRAINING, STATE_INITIALIZING, STATE_LIVE, MainStats
 from meshproxy.stats import StatsBackend
+from meshproxy.statsd import StatsdSink
 from workers.cluster import static_endpoints
 
 log = logging.getLogger("meshproxy.main")
@@ -52,6 +56,13 @@ class ServerOptions:
     drain_time_s: float = 600.0
     parent_shutdown_time_s: float = 900.0
     pid_file: str | None = None
+    # The command line as given (shown by /server_info).
+    cli: tuple[tuple[str, object], ...] = ()
+
+    def command_line_options(self) -> dict[str, object]:
+        return dict(self.cli) | {"concurrency": self.concurrency, "base_id": str(self.base_id),
+                                 "drain_time": f"{self.drain_time_s:g}s",
+                                 "parent_shutdown_time": f"{self.parent_shutdown_time_s:g}s"}
 
 
 @dataclass(slots=True)
@@ -99,7 +110,14 @@ class MainProcess:
         self.stopping = False
         self.loop = asyncio.new_event_loop()
         self.done: asyncio.Future[int] = self.loop.create_future()
-        self.started_at = time.time()
+        self.started_at = self.first_started_at = time.time()
+        self.server_state = STATE_INITIALIZING
+        self.health_failed = False
+        self.stopped_listeners: set[str] = set()
+        self.admin: AdminServer | None = None
+        self.admin_socket: socket.socket | None = None
+        self.sinks = [StatsdSink((s.address.address, s.address.port_value), s.prefix)
+                      for s in bootstrap.stats_sinks]
 
     # ----- start ----------------------------------------------------------------------------
 
@@ -116,6 +134,8 @@ class MainProcess:
             for listener in self.bootstrap.listeners:
                 self.sockets[listener.name] = bind_listener(listener, self.options.concurrency)
                 log.info("listener '%s' on %s", listener.name, self.sockets[listener.name][0].getsockname())
+            if self.bootstrap.admin is not None:
+                self.loop.run_until_complete(self._start_admin())
             self._write_pid_file()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self.shutdown)
@@ -127,6 +147,7 @@ class MainProcess:
                 if cluster.type is DiscoveryType.STRICT_DNS:
                     self.loop.create_task(self._refresh_dns(cluster.name))
             self._tick()
+            self.loop.call_later(self.bootstrap.stats_flush_interval, self._flush_stats)
             return self.loop.run_until_complete(self.done)
         finally:
             self._cleanup()
@@ -187,8 +208,8 @@ class MainProcess:
                         other.control.close()
                 from workers.worker import run
 
-                run(slot.index, self.bootstrap, sockets, child_end, stats_factory,
-                    self.state.resolved, self.options.drain_time_s, parent_pid)
+                run(slot.index, self.bootstrap, sockets, child_end, stats_factory, self.state.resolved,
+                    self.options.drain_time_s, parent_pid, frozenset(self.stopped_listeners))
             except BaseException:
                 log.exception("worker %d failed to start", slot.index)
             finally:
@@ -219,6 +240,9 @@ class MainProcess:
         if message.get("t") == "ready":
             slot.ready = True
             self.stats.listener_manager.workers_started.set(sum(1 for s in self.slots if s.ready))
+            if self.server_state == STATE_INITIALIZING and all(s.ready for s in self.slots):
+                self._set_state(STATE_LIVE)
+                log.info("all %d workers ready", len(self.slots))
 
     def _drop_control(self, slot: WorkerSlot) -> None:
         if slot.control is not None:
@@ -275,7 +299,10 @@ class MainProcess:
         if self.stopping:
             return
         self.stopping = True
+        self._set_state(STATE_DRAINING)
         log.info("shutting down: draining workers for up to %.0fs", self.options.drain_time_s)
+        if self.admin is not None:
+            self.loop.create_task(self.admin.stop())
         for slot in self.slots:
             if slot.respawn is not None:
                 slot.respawn.cancel()
@@ -296,8 +323,63 @@ class MainProcess:
         if not self.stopping:
             self.loop.call_later(1.0, self._tick)
 
-    def worker_pids(self) -> list[int]:
-        return [s.pid for s in self.slots if s.pid]
+    def process_pids(self) -> list[int]:
+        return [os.getpid()] + [s.pid for s in self.slots if s.pid]
+
+    # ----- admin ----------------------------------------------------------------------------
+
+    async def _start_admin(self) -> None:
+        admin = self.bootstrap.admin
+        assert admin is not None
+        family = socket.AF_INET6 if ":" in admin.address.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((admin.address.address, admin.address.port_value))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"admin: cannot bind {admin.address}: {exc.strerror or exc}") from exc
+        sock.listen(128)
+        sock.setblocking(False)
+        self.admin_socket = sock
+        use_default_tags = self.bootstrap.stats_config.use_all_default_tags
+        self.admin = AdminServer(MainAdmin(self), producer=None if use_default_tags else TagProducer(()))
+        address = await self.admin.start(sock=sock)
+        log.info("admin listening on %s:%d", address[0], address[1])
+
+    def _flush_stats(self) -> None:
+        """Every stats_flush_interval: refresh main-process figures, feed the sinks, end an interval."""
+        try:
+            snapshot = self.backend.snapshot()
+            self.stats.refresh(snapshot, self.process_pids())
+            for sink in self.sinks:
+                sink.flush(snapshot)
+            if self.admin is not None:
+                self.admin.record_flush(snapshot)
+        except Exception:  # a sink or a slow snapshot must never stop the main process
+            log.exception("stats flush failed")
+        if not self.stopping:
+            self.loop.call_later(self.bootstrap.stats_flush_interval, self._flush_stats)
+
+    def _set_state(self, state: int) -> None:
+        self.server_state = state
+        self.stats.server.state.set(state)
+        self.stats.server.live.set(1 if state == STATE_LIVE else 0)
+
+    def set_health_failed(self, failed: bool) -> None:
+        """/healthcheck/fail and /healthcheck/ok: /ready answers 503 DRAINING while failed."""
+        self.health_failed = failed
+        if not self.stopping and self.server_state != STATE_INITIALIZING:
+            self._set_state(STATE_DRAINING if failed else STATE_LIVE)
+
+    def drain_listeners(self, graceful: bool, inbound_only: bool) -> None:
+        """/drain_listeners: stop accepting (after the drain time when graceful); the process stays up."""
+        names = [lst.name for lst in self.bootstrap.listeners
+                 if not inbound_only or lst.traffic_direction is TrafficDirection.INBOUND]
+        self.stopped_listeners.update(names)
+        self.stats.listener_manager.listener_stopped.inc(len(names))
+        self._broadcast({"t": "stop_listeners", "names": names,
+                         "after": self.options.drain_time_s if graceful else 0.0})
 
     def _on_sighup(self) -> None:
         log.warning("SIGHUP received: hot restart is not implemented in this version; ignored")
@@ -317,6 +399,10 @@ class MainProcess:
         if self.options.pid_file:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.options.pid_file)
+        for sink in self.sinks:
+            sink.close()
+        if self.admin_socket is not None:
+            self.admin_socket.close()
         self.backend.close(unlink=True)
 
 

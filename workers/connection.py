@@ -129,6 +129,13 @@ class DownstreamConnection(asyncio.Protocol):
         self._ready_index += 1
         self._run_new_connection()
 
+    def inject_read_data(self, data: bytes, end_stream: bool, after: NetworkFilter) -> None:
+        """Deliver downstream bytes to the filters after ``after`` (e.g. once a delay ends)."""
+        filters = self.filters
+        for f in filters[filters.index(after) + 1:]:
+            if self._closed or f.on_data(data, end_stream) is _STOP:
+                return
+
     def write(self, data: bytes, end_stream: bool = False) -> None:
         transport = self.transport
         if self._closed or self._write_closed or transport is None:

@@ -68,9 +68,10 @@ class Worker:
 
     # ----- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, sockets: dict[str, socket.socket]) -> None:
+    async def start(self, sockets: dict[str, socket.socket], stopped: frozenset[str]) -> None:
         for name, runtime in self.listeners.items():
-            await runtime.start(sockets[name])
+            if name not in stopped:  # /drain_listeners stopped it before this worker started
+                await runtime.start(sockets[name])
         self.loop.add_reader(self.control.fileno(), self._on_control)
         self.loop.add_signal_handler(signal.SIGTERM, self.drain)
         self._send({"t": "ready"})
@@ -127,6 +128,14 @@ class Worker:
                 cluster.update_hosts([tuple(h) for h in message["h"]])
         elif kind == "drain":
             self.drain()
+        elif kind == "stop_listeners":
+            self.loop.call_later(message["after"], self._stop_listeners, message["names"])
+
+    def _stop_listeners(self, names: list[str]) -> None:
+        for name in names:
+            runtime = self.listeners.get(name)
+            if runtime is not None:
+                runtime.stop_accepting()
 
 
 def _die_with_parent() -> None:
@@ -140,7 +149,7 @@ def _die_with_parent() -> None:
 
 def run(index: int, bootstrap: Bootstrap, sockets: dict[str, socket.socket], control: socket.socket,
         stats_factory: Any, resolved: dict[str, list[tuple[str, int, int, int]]],
-        drain_time: float, parent_pid: int) -> NoReturn:
+        drain_time: float, parent_pid: int, stopped: frozenset[str] = frozenset()) -> NoReturn:
     """Entry point in the forked child; never returns into the parent's stack."""
     code = 0
     try:
@@ -156,7 +165,7 @@ def run(index: int, bootstrap: Bootstrap, sockets: dict[str, socket.socket], con
         asyncio.set_event_loop(loop)
         control.setblocking(False)
         worker = Worker(index, bootstrap, stats_factory(), resolved, control, drain_time)
-        loop.run_until_complete(worker.start(sockets))
+        loop.run_until_complete(worker.start(sockets, stopped))
         loop.run_until_complete(worker.stopped)
         # Let aborted transports run their connection_lost callbacks.
         loop.run_until_complete(asyncio.sleep(0))
