@@ -6,13 +6,20 @@ without binding anything. Subcommands add what Envoy has no flag for (``meshprox
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from meshproxy import __version__
 from meshproxy.logs import LEVELS, setup_logging
+
+if TYPE_CHECKING:
+    from meshproxy.config.model import Bootstrap
+    from meshproxy.hot_restart import ParentLink
+    from meshproxy.server import ServerOptions
 
 
 def _default_concurrency() -> int:
@@ -42,15 +49,23 @@ def _default_concurrency() -> int:
 @click.option("--pid-file", default=None, help="Write the main process's PID here.")
 @click.option("--filter-module", "filter_modules", multiple=True,
               help="Import this Python module to register custom filters. Repeatable.")
+@click.option("--restart-epoch", type=int, default=0, show_default=True,
+              help="Set by meshproxy itself on a hot restart (SIGHUP); not needed by hand.")
+@click.option("--parent-fd", type=int, default=None, hidden=True)
 @click.version_option(__version__, "--version", prog_name="meshproxy")
 @click.pass_context
 def main(ctx: click.Context, config_paths: tuple[str, ...], config_yaml: str | None, mode: str,
          concurrency: int | None, base_id: int, drain_time_s: float, parent_shutdown_time_s: float,
-         log_level: str, log_path: str | None, pid_file: str | None, filter_modules: tuple[str, ...]) -> None:
+         log_level: str, log_path: str | None, pid_file: str | None, filter_modules: tuple[str, ...],
+         restart_epoch: int, parent_fd: int | None) -> None:
     """meshproxy: an Envoy-style service proxy configured with Envoy's v3 bootstrap YAML."""
     if ctx.invoked_subcommand is not None:
         return
     from meshproxy.config import ConfigError, load_config
+    from meshproxy.hot_restart import ParentLink
+
+    # A hot-restart child reports a bad config to the running generation, which keeps serving.
+    parent = ParentLink(parent_fd) if parent_fd is not None else None
 
     if not config_paths and not config_yaml:
         raise click.UsageError("give a config with -c/--config-path or --config-yaml")
@@ -61,13 +76,14 @@ def main(ctx: click.Context, config_paths: tuple[str, ...], config_yaml: str | N
         click.echo(f"configuration '{shown}' is invalid:", err=True)
         for error in exc.errors:
             click.echo(f"  {error}", err=True)
+        if parent is not None:
+            parent.fail("invalid configuration: " + "; ".join(exc.errors))
         sys.exit(1)
     if mode == "validate":
         click.echo(f"configuration '{shown}' OK")
         return
 
-    from meshproxy.server import MainProcess, ServerOptions
-    from meshproxy.stats import StatsBackend
+    from meshproxy.server import ServerOptions
 
     setup_logging(log_level, log_path)
     workers = _default_concurrency() if concurrency is None else max(1, concurrency)
@@ -76,8 +92,26 @@ def main(ctx: click.Context, config_paths: tuple[str, ...], config_yaml: str | N
            ("filter_modules", list(filter_modules)))
     options = ServerOptions(concurrency=workers, base_id=base_id, drain_time_s=drain_time_s,
                             parent_shutdown_time_s=parent_shutdown_time_s, pid_file=pid_file, cli=cli)
-    backend = StatsBackend(bootstrap, base_id)
-    sys.exit(MainProcess(bootstrap, options, backend).run())
+    sys.exit(_serve(bootstrap, options, parent))
+
+
+def _serve(bootstrap: Bootstrap, options: ServerOptions, parent: ParentLink | None) -> int:
+    """Start a generation: the first (creates the stats segment, binds), or a hot-restart child."""
+    from meshproxy.server import MainProcess
+    from meshproxy.stats import StatsBackend
+
+    log = logging.getLogger("meshproxy.main")
+    inherited = None
+    try:
+        if parent is not None:
+            inherited = parent.handshake()
+        backend = StatsBackend(bootstrap, options.base_id, attach=parent is not None)
+        return MainProcess(bootstrap, options, backend, inherited, parent).run()
+    except Exception as exc:  # before serving: say why, in one line, to the log and the parent
+        log.error("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        if parent is not None:
+            parent.fail(f"{type(exc).__name__}: {exc}")
+        return 1
 
 
 def _add_subcommands() -> None:

@@ -2,10 +2,11 @@
 
 Each listener gets one SO_REUSEPORT socket per worker, all bound to the same address,
 so the kernel spreads new connections over the workers' own accept queues. The main
-process keeps every socket open for the life of the service: a worker that dies leaves
-its queue in place (connections wait there instead of being reset) and its replacement
-serves the very same socket. A listener on port 0 gets its ephemeral port from the first
-socket; the others bind that port.
+process keeps every socket open for the life of its generation: a worker that dies
+leaves its queue in place (connections wait there instead of being reset) and its
+replacement serves the very same socket. A hot restart hands the sockets to the next
+generation one to one (``adopt_listener``), so no queue is ever closed. A listener on
+port 0 gets its ephemeral port from the first socket; the others bind that port.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ class ListenSocketError(Exception):
     """A listener's address could not be bound; the message names the listener."""
 
 
-def bind_listener(listener: Listener, count: int) -> list[socket.socket]:
-    """Bind ``count`` listening sockets (one per worker) for ``listener``."""
+def _bind(listener: Listener, port: int, count: int) -> list[socket.socket]:
     address = listener.address.address
-    port = listener.address.port_value
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count if listener.enable_reuse_port else 1):
+        for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -42,11 +41,31 @@ def bind_listener(listener: Listener, count: int) -> list[socket.socket]:
         raise ListenSocketError(
             f"listener '{listener.name}': cannot bind {listener.address}: {exc.strerror or exc}"
         ) from exc
-    # Without reuse_port every worker shares the one socket (one accept queue).
-    while len(sockets) < count:
-        sockets.append(sockets[0])
     return sockets
 
 
-def bound_port(sockets: list[socket.socket]) -> int:
-    return int(sockets[0].getsockname()[1])
+def bind_listener(listener: Listener, count: int) -> list[socket.socket]:
+    """Bind ``count`` listening sockets (one per worker) for ``listener``."""
+    if not listener.enable_reuse_port:  # every worker shares the one socket (one accept queue)
+        return _bind(listener, listener.address.port_value, 1) * count
+    return _bind(listener, listener.address.port_value, count)
+
+
+def adopt_listener(listener: Listener, handed: list[socket.socket], count: int) -> list[socket.socket]:
+    """Use the sockets a previous generation handed over, one per worker, as they are.
+
+    More workers than before: the extra sockets join the same SO_REUSEPORT group. Fewer:
+    our copies of the extra ones are closed (connections queued on them are lost when
+    the old generation exits, as in Envoy).
+    """
+    for sock in handed:
+        sock.setblocking(False)
+    if not listener.enable_reuse_port:
+        return [handed[0]] * count
+    sockets = handed[:count]
+    for extra in handed[count:]:
+        if all(extra is not s for s in sockets):
+            extra.close()
+    if len(sockets) < count:
+        sockets += _bind(listener, sockets[0].getsockname()[1], count - len(sockets))
+    return sockets

@@ -37,3 +37,15 @@ def setup_logging(level: str, path: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
+
+
+def reopen_logs() -> None:
+    """SIGUSR1 (logrotate): reopen file handlers so a rotated log file is let go."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()

@@ -57,6 +57,8 @@ class MainAdmin(AdminContext):
             "command_line_options": main.options.command_line_options(),
             "uptime_current_epoch": _duration(now - main.started_at),
             "uptime_all_epochs": _duration(now - main.first_started_at),
+            "hot_restart_epoch": main.epoch,
+            "last_hot_restart": main.reloader.last_result,
             "node": {"id": node.id, "cluster": node.cluster,
                      "locality": {"region": node.locality.region, "zone": node.locality.zone,
                                   "sub_zone": node.locality.sub_zone}},

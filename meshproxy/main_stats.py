@@ -19,7 +19,8 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class ServerStats(StatBlock):
-    COUNTERS = ("worker_restarts", "debug_assertion_failures", "envoy_bug_failures", "static_unknown_fields",
+    COUNTERS = ("worker_restarts", "hot_restart_successes", "hot_restart_failures",
+                "debug_assertion_failures", "envoy_bug_failures", "static_unknown_fields",
                 "dynamic_unknown_fields")
     GAUGES = ("uptime", "concurrency", "live", "state", "version", "hot_restart_epoch",
               "hot_restart_generation", "total_connections", "parent_connections", "memory_allocated",
@@ -83,6 +84,8 @@ class MainStats:
         s.concurrency.set(concurrency)
         s.version.set(version_number())
         s.hot_restart_epoch.set(epoch)
+        s.hot_restart_generation.set(epoch)
+        self.retired = False
         s.live.set(1)
         s.state.set(STATE_LIVE)
         self.listener_manager.listener_added.inc(len(bootstrap.listeners))
@@ -96,6 +99,24 @@ class MainStats:
         block.membership_total.set(len(hosts))
         block.membership_healthy.set(len(hosts))
         block.max_host_weight.set(max((h[2] for h in hosts), default=0))
+
+    def retire(self) -> None:
+        """A newer generation took over: our per-generation gauges stop counting (they would
+        add up with the new generation's), while counters keep their history."""
+        s = self.server
+        for gauge in (s.concurrency, s.live, s.state, s.version, s.hot_restart_epoch,
+                      s.hot_restart_generation, s.uptime, s.total_connections, s.memory_allocated,
+                      s.memory_physical_size):
+            gauge.set(0)
+        lm = self.listener_manager
+        lm.total_listeners_active.set(0)
+        lm.workers_started.set(0)
+        self.cluster_manager.active_clusters.set(0)
+        for block in self.clusters.values():
+            block.membership_total.set(0)
+            block.membership_healthy.set(0)
+            block.max_host_weight.set(0)
+        self.retired = True
 
     def tick(self) -> None:
         self.server.uptime.set(int(time.monotonic() - self.started))

@@ -35,9 +35,12 @@ from meshproxy.admin import AdminServer
 from meshproxy.admin.tags import TagProducer
 from meshproxy.config.model import Bootstrap, DiscoveryType, TrafficDirection
 from meshproxy.dns import HostTuple, resolve_cluster
-from meshproxy.listen_sockets import bind_listener
+from meshproxy.hot_restart import Inherited, ParentLink, SocketOffer
+from meshproxy.listen_sockets import adopt_listener, bind_listener
+from meshproxy.logs import reopen_logs
 from meshproxy.main_admin import MainAdmin
 from meshproxy.main_stats import STATE_DRAINING, STATE_INITIALIZING, STATE_LIVE, MainStats
+from meshproxy.reload import Reloader
 from meshproxy.stats import StatsBackend
 from meshproxy.statsd import StatsdSink
 from workers.cluster import static_endpoints
@@ -99,18 +102,24 @@ def raise_nofile_limit() -> int:
 class MainProcess:
     """Runs one generation of meshproxy: its sockets, its workers, until told to stop."""
 
-    def __init__(self, bootstrap: Bootstrap, options: ServerOptions, backend: StatsBackend) -> None:
+    def __init__(self, bootstrap: Bootstrap, options: ServerOptions, backend: StatsBackend,
+                 inherited: Inherited | None = None, parent: ParentLink | None = None) -> None:
         self.bootstrap = bootstrap
         self.options = options
         self.backend = backend
-        self.stats = MainStats(backend.store, bootstrap, options.concurrency, epoch=0)
+        self.inherited = inherited
+        self.epoch = inherited.epoch if inherited else 0
+        self.stats = MainStats(backend.store, bootstrap, options.concurrency, epoch=self.epoch)
+        self.reloader = Reloader(self, parent)
+        self.stepped_down = False
         self.state = MainState()
         self.slots = [WorkerSlot(i) for i in range(options.concurrency)]
         self.sockets: dict[str, list[socket.socket]] = {}
         self.stopping = False
         self.loop = asyncio.new_event_loop()
         self.done: asyncio.Future[int] = self.loop.create_future()
-        self.started_at = self.first_started_at = time.time()
+        self.started_at = time.time()
+        self.first_started_at = inherited.first_started_at if inherited else self.started_at
         self.server_state = STATE_INITIALIZING
         self.health_failed = False
         self.stopped_listeners: set[str] = set()
@@ -132,14 +141,24 @@ class MainProcess:
                 hosts = self.state.resolved.get(cluster.name) or static_endpoints(cluster)
                 self.stats.set_hosts(cluster.name, hosts)
             for listener in self.bootstrap.listeners:
-                self.sockets[listener.name] = bind_listener(listener, self.options.concurrency)
-                log.info("listener '%s' on %s", listener.name, self.sockets[listener.name][0].getsockname())
+                handed = self.inherited.take_listener(str(listener.address)) if self.inherited else None
+                if handed:
+                    self.sockets[listener.name] = adopt_listener(listener, handed, self.options.concurrency)
+                else:
+                    self.sockets[listener.name] = bind_listener(listener, self.options.concurrency)
+                log.info("listener '%s' on %s%s", listener.name, self.sockets[listener.name][0].getsockname(),
+                         " (handed over)" if handed else "")
+            if self.inherited is not None:
+                self.inherited.close_unused()
             if self.bootstrap.admin is not None:
                 self.loop.run_until_complete(self._start_admin())
-            self._write_pid_file()
+            elif self.inherited is not None and self.inherited.admin is not None:
+                self.inherited.admin.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self.shutdown)
-            self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
+            self.loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
+            self.reloader.start()
             self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
             for slot in self.slots:
                 self._spawn(slot)
@@ -147,6 +166,10 @@ class MainProcess:
                 if cluster.type is DiscoveryType.STRICT_DNS:
                     self.loop.create_task(self._refresh_dns(cluster.name))
             self._tick()
+            if self.inherited is not None:  # statsd deltas continue from the previous generation's totals
+                snapshot = self.backend.snapshot()
+                for sink in self.sinks:
+                    sink.prime(snapshot)
             self.loop.call_later(self.bootstrap.stats_flush_interval, self._flush_stats)
             return self.loop.run_until_complete(self.done)
         finally:
@@ -203,9 +226,7 @@ class MainProcess:
             # Never return into the main process's stack: its cleanup would kill the sibling workers.
             try:
                 parent_end.close()
-                for other in self.slots:
-                    if other.control is not None:
-                        other.control.close()
+                self._close_in_worker(sockets)
                 from workers.worker import run
 
                 run(slot.index, self.bootstrap, sockets, child_end, stats_factory, self.state.resolved,
@@ -243,6 +264,8 @@ class MainProcess:
             if self.server_state == STATE_INITIALIZING and all(s.ready for s in self.slots):
                 self._set_state(STATE_LIVE)
                 log.info("all %d workers ready", len(self.slots))
+                self._write_pid_file()  # the pid file names the generation that serves
+                self.reloader.announce_ready()
 
     def _drop_control(self, slot: WorkerSlot) -> None:
         if slot.control is not None:
@@ -269,6 +292,7 @@ class MainProcess:
                 break
             slot = next((s for s in self.slots if s.pid == pid), None)
             if slot is None:
+                self.reloader.child_exited(pid, _describe_status(status))
                 continue
             self._on_worker_exit(slot, status)
         if self.stopping and all(s.pid == 0 for s in self.slots) and not self.done.done():
@@ -301,6 +325,7 @@ class MainProcess:
         self.stopping = True
         self._set_state(STATE_DRAINING)
         log.info("shutting down: draining workers for up to %.0fs", self.options.drain_time_s)
+        self.reloader.on_shutdown()
         if self.admin is not None:
             self.loop.create_task(self.admin.stop())
         for slot in self.slots:
@@ -331,15 +356,13 @@ class MainProcess:
     async def _start_admin(self) -> None:
         admin = self.bootstrap.admin
         assert admin is not None
-        family = socket.AF_INET6 if ":" in admin.address.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((admin.address.address, admin.address.port_value))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"admin: cannot bind {admin.address}: {exc.strerror or exc}") from exc
-        sock.listen(128)
+        handed = self.inherited.admin if self.inherited else None
+        if handed is not None and _same_address(handed, admin.address.address, admin.address.port_value):
+            sock = handed
+        else:
+            if handed is not None:
+                handed.close()  # the admin address changed: the old one dies with the old generation
+            sock = _bind_admin(admin.address.address, admin.address.port_value)
         sock.setblocking(False)
         self.admin_socket = sock
         use_default_tags = self.bootstrap.stats_config.use_all_default_tags
@@ -381,8 +404,60 @@ class MainProcess:
         self._broadcast({"t": "stop_listeners", "names": names,
                          "after": self.options.drain_time_s if graceful else 0.0})
 
-    def _on_sighup(self) -> None:
-        log.warning("SIGHUP received: hot restart is not implemented in this version; ignored")
+    # ----- hot restart ------------------------------------------------------------------------
+
+    def socket_offer(self) -> SocketOffer:
+        """Every listening socket, for the next generation (hot_restart.py)."""
+        listeners = tuple((lst.name, str(lst.address), tuple(self.sockets[lst.name]))
+                          for lst in self.bootstrap.listeners if lst.name in self.sockets)
+        return SocketOffer(listeners, self.admin_socket, self.epoch, self.first_started_at)
+
+    def step_down(self) -> None:
+        """A newer generation serves: stop accepting now, drain, be gone by the shutdown time."""
+        self.stepped_down = True
+        self.stopping = True
+        self._set_state(STATE_DRAINING)
+        self.stats.retire()
+        if self.admin is not None:
+            self.loop.create_task(self.admin.stop())
+        for slot in self.slots:
+            if slot.respawn is not None:
+                slot.respawn.cancel()
+                slot.respawn = None
+        self._broadcast({"t": "drain"})
+        # Our copies of the listening sockets: the new generation holds its own.
+        for socks in self.sockets.values():
+            for sock in set(socks):
+                sock.close()
+        self.sockets.clear()
+        self.loop.call_later(self.options.parent_shutdown_time_s, self.hard_stop)
+        self._reap()
+
+    def hard_stop(self) -> None:
+        """Past the parent shutdown time (or too many generations draining): go now."""
+        log.info("stopping this generation now")
+        self.stopping = True
+        for slot in self.slots:
+            if slot.pid:
+                _signal(slot.pid, signal.SIGKILL)
+        if all(s.pid == 0 for s in self.slots) and not self.done.done():
+            self.done.set_result(0)
+
+    def _close_in_worker(self, keep: dict[str, socket.socket]) -> None:
+        """In a freshly forked worker: close what belongs to the main process or other workers."""
+        keep_fds = {s.fileno() for s in keep.values()}
+        for other in self.slots:
+            if other.control is not None:
+                other.control.close()
+        for socks in self.sockets.values():
+            for sock in set(socks):
+                if sock.fileno() not in keep_fds:
+                    sock.close()
+        if self.admin_socket is not None:
+            self.admin_socket.close()
+        for fd in self.reloader.link_fds():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _write_pid_file(self) -> None:
         if self.options.pid_file:
@@ -396,14 +471,38 @@ class MainProcess:
         for socks in self.sockets.values():
             for sock in set(socks):
                 sock.close()
-        if self.options.pid_file:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.options.pid_file)
+        if self.options.pid_file and _read_pid(self.options.pid_file) == os.getpid():
+            os.unlink(self.options.pid_file)  # a newer generation's pid file stays
         for sink in self.sinks:
             sink.close()
         if self.admin_socket is not None:
             self.admin_socket.close()
-        self.backend.close(unlink=True)
+        self.backend.close(unlink=not self.stepped_down)
+
+
+def _bind_admin(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"admin: cannot bind {address}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    return sock
+
+
+def _same_address(sock: socket.socket, address: str, port: int) -> bool:
+    bound = sock.getsockname()
+    return bool(bound[0] == address and (port == 0 or bound[1] == port))
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -198,8 +198,11 @@ class MeshProxy:
 
     def __init__(self, workdir: Path, config: dict[str, Any] | None, *, concurrency: int = 2,
                  drain_time_s: float = 5.0, config_args: Sequence[str] = (), extra_args: Sequence[str] = (),
-                 name: str = "meshproxy", base_id: int | None = None) -> None:
+                 name: str = "meshproxy", base_id: int | None = None, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.cwd = cwd or REPO_ROOT
+        self.env = env
         # A base id of its own, so concurrent proxies (and a developer's) never share a stats segment.
         self.base_id = next_base_id() if base_id is None else base_id
         self.concurrency = concurrency
@@ -220,7 +223,8 @@ class MeshProxy:
 
     def start(self, wait: bool = True) -> MeshProxy:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             self.wait_ready()
