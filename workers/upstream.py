@@ -34,6 +34,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
         transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 2)
+        self.write = transport.write  # type: ignore[method-assign]  # hot path: no wrapper call
         self.connected_at = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
