@@ -64,6 +64,11 @@ MSG_CHECKSUM_PRESENT: Final = 1 << 0
 MSG_MORE_TO_COME: Final = 1 << 1
 MSG_EXHAUST_ALLOWED: Final = 1 << 16
 
+# DocSummary.cursor_options bits: the boolean cursor options of a "find" command.
+FIND_TAILABLE: Final = 1 << 0
+FIND_AWAIT_DATA: Final = 1 << 1
+FIND_NO_CURSOR_TIMEOUT: Final = 1 << 2
+
 # Full decodes (on demand only) must not fail on dates outside datetime's range.
 _DECODE_OPTIONS: Final[CodecOptions[dict[str, Any]]] = CodecOptions(
     datetime_conversion=DatetimeConversion.DATETIME_AUTO
@@ -86,9 +91,10 @@ def decode_document(view: memoryview | bytes) -> dict[str, object]:
 class DocSummary:
     """What stats and logs need from one command or reply document, read from its top level.
 
-    A request document yields ``command`` / ``collection`` / ``database`` / ``comment``; a reply
-    yields ``ok`` / ``errmsg`` / ``code`` / ``cursor_id`` / ``num_docs``. Each field is ``None``
-    when the key is absent or holds an unexpected type.
+    A request document yields ``command`` / ``collection`` / ``database`` / ``comment`` (and, for
+    ``find``, ``max_time_ms`` / ``cursor_options`` / ``filter_id_type``); a reply yields ``ok`` /
+    ``errmsg`` / ``code`` / ``cursor_id`` / ``num_docs``. Each field is ``None`` (or 0) when the key
+    is absent or holds an unexpected type.
     """
 
     size: int  # bytes of the document
@@ -101,6 +107,10 @@ class DocSummary:
     code: int | None
     cursor_id: int | None  # cursor.id
     num_docs: int | None  # len(cursor.firstBatch or cursor.nextBatch), else "n"
+    # Read only for a "find" command (Envoy's per-query stats), so a sniffer need not walk it again:
+    max_time_ms: int | None = None  # "maxTimeMS"
+    cursor_options: int = 0  # FIND_TAILABLE | FIND_AWAIT_DATA | FIND_NO_CURSOR_TIMEOUT, when true
+    filter_id_type: int = 0  # BSON type of filter._id; 0 = no filter or no _id (Envoy: a scatter get)
 
 
 @dataclass(frozen=True, slots=True)

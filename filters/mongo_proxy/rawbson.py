@@ -31,7 +31,13 @@ import math
 import struct
 from typing import Final
 
-from filters.mongo_proxy.messages import DocSummary, MongoProtocolError
+from filters.mongo_proxy.messages import (
+    FIND_AWAIT_DATA,
+    FIND_NO_CURSOR_TIMEOUT,
+    FIND_TAILABLE,
+    DocSummary,
+    MongoProtocolError,
+)
 
 _I32 = struct.Struct("<i").unpack_from
 _I64 = struct.Struct("<q").unpack_from
@@ -49,6 +55,10 @@ _STRING_LIKE: Final = frozenset({0x02, 0x0D, 0x0E})  # string, JavaScript code, 
 
 # (type, value start, value end) of one element.
 Element = tuple[int, int, int]
+
+# The boolean options of a "find" command and their DocSummary.cursor_options bits.
+FIND_OPTIONS: Final = {b"tailable": FIND_TAILABLE, b"awaitData": FIND_AWAIT_DATA,
+                       b"noCursorTimeout": FIND_NO_CURSOR_TIMEOUT}
 
 
 def utf8(raw: bytes, what: str) -> str:
@@ -160,6 +170,12 @@ def scan(
                 pos = value + length
             else:
                 pos = _value_end(buf, kind, value, end)
+        elif kind == _STRING:  # int32 length (the NUL included), UTF-8, NUL
+            length = i32(buf, value)[0] if end - value >= 5 else 0
+            if 1 <= length <= end - value - 4 and not buf[value + 3 + length]:
+                pos = value + 4 + length
+            else:
+                pos = _value_end(buf, kind, value, end)
         else:
             pos = _value_end(buf, kind, value, end)
         if first is None:
@@ -239,46 +255,87 @@ def int_value(buf: bytes, element: Element | None) -> int | None:
 
 
 _SUMMARY_KEYS: Final = frozenset(
-    {b"$db", b"comment", b"$comment", b"ok", b"errmsg", b"$err", b"code", b"cursor", b"n", b"collection"}
+    {b"$db", b"comment", b"$comment", b"ok", b"errmsg", b"$err", b"code", b"cursor", b"n", b"collection",
+     *FIND_OPTIONS, b"filter", b"maxTimeMS"}
 )
 _CURSOR_KEYS: Final = frozenset({b"id", b"firstBatch", b"nextBatch"})
+_ID: Final = frozenset({b"_id"})
+
+
+def _id_type(buf: bytes, start: int, stop: int) -> int:
+    """BSON type of ``_id`` in the nested document ``buf[start:stop]``, 0 if absent.
+
+    Nested documents are only framed by the decoder (see the module docstring), so garbage in
+    this one must not fail the message: an element that cannot be stepped over ends the search.
+    """
+    try:
+        _, found = scan(buf, start, stop, _ID)
+    except MongoProtocolError:
+        return 0
+    element = found.get(b"_id")
+    return element[0] if element is not None else 0
 
 
 def summarize(buf: bytes, start: int, stop: int) -> DocSummary:
-    """Read a ``DocSummary`` from the document ``buf[start:stop]`` (framing already checked)."""
+    """Read a ``DocSummary`` from the document ``buf[start:stop]`` (framing already checked).
+
+    This runs for every message: a value is converted only when its key is present.
+    """
     first, found = scan(buf, start, stop, _SUMMARY_KEYS)
     command, collection = "", None
     if first is not None:
         command = utf8(first[0], "BSON key")
-        collection = string_value(buf, first[1])
+        if first[1][0] == _STRING:
+            collection = string_value(buf, first[1])
+    database = comment = errmsg = ok = code = cursor_id = num_docs = max_time_ms = None
+    options = id_type = 0
+    if found:
+        get = found.get
+        if (element := get(b"$db")) is not None:
+            database = string_value(buf, element)
         if collection is None and command == "getMore":  # {getMore: <cursor id>, collection: "c"}
-            collection = string_value(buf, found.get(b"collection"))
-    comment = string_value(buf, found.get(b"comment"))
-    if comment is None:
-        comment = string_value(buf, found.get(b"$comment"))
-    errmsg = string_value(buf, found.get(b"errmsg"))
-    if errmsg is None:
-        errmsg = string_value(buf, found.get(b"$err"))
-    ok = number_value(buf, found.get(b"ok"))
-    cursor_id = num_docs = None
-    cursor = found.get(b"cursor")
-    if cursor is not None and cursor[0] == _DOCUMENT:  # {cursor: {id, ns, firstBatch | nextBatch}}
-        _, in_cursor = scan(buf, cursor[1], cursor[2], _CURSOR_KEYS)
-        cursor_id = int_value(buf, in_cursor.get(b"id"))
-        batch = in_cursor.get(b"firstBatch") or in_cursor.get(b"nextBatch")
-        if batch is not None and batch[0] == _ARRAY:
-            num_docs = count_elements(buf, batch[1], batch[2])
-    if num_docs is None:
-        num_docs = int_value(buf, found.get(b"n"))
+            collection = string_value(buf, get(b"collection"))
+        if (element := get(b"comment")) is not None:
+            comment = string_value(buf, element)
+        if comment is None and (element := get(b"$comment")) is not None:
+            comment = string_value(buf, element)
+        if (element := get(b"ok")) is not None:
+            ok = number_value(buf, element)
+        if (element := get(b"errmsg")) is not None:
+            errmsg = string_value(buf, element)
+        if errmsg is None and (element := get(b"$err")) is not None:
+            errmsg = string_value(buf, element)
+        if (element := get(b"code")) is not None:
+            code = int_value(buf, element)
+        cursor = get(b"cursor")
+        if cursor is not None and cursor[0] == _DOCUMENT:  # {cursor: {id, ns, firstBatch | nextBatch}}
+            _, in_cursor = scan(buf, cursor[1], cursor[2], _CURSOR_KEYS)
+            cursor_id = int_value(buf, in_cursor.get(b"id"))
+            batch = in_cursor.get(b"firstBatch") or in_cursor.get(b"nextBatch")
+            if batch is not None and batch[0] == _ARRAY:
+                num_docs = count_elements(buf, batch[1], batch[2])
+        if num_docs is None and (element := get(b"n")) is not None:
+            num_docs = int_value(buf, element)
+        if command == "find":  # what Envoy reads of a query, read here so that no one walks it again
+            max_time_ms = int_value(buf, get(b"maxTimeMS"))
+            for key, bit in FIND_OPTIONS.items():
+                if key in found and number_value(buf, found[key]):
+                    options |= bit
+            query_filter = get(b"filter")
+            if query_filter is not None and query_filter[0] == _DOCUMENT:
+                id_type = _id_type(buf, query_filter[1], query_filter[2])
     return DocSummary(  # positional: this runs for every message
         stop - start,  # size
         command,
         collection,
-        string_value(buf, found.get(b"$db")),  # database
+        database,
         comment,
         None if ok is None else float(ok),
         errmsg,
-        int_value(buf, found.get(b"code")),
+        code,
         cursor_id,
         num_docs,
+        max_time_ms,
+        options,
+        id_type,
     )

@@ -1,0 +1,351 @@
+"""mongo_proxy: a passive sniffer of MongoDB traffic, placed before tcp_proxy (envoy-subset.md §5.3).
+
+Per connection, ``on_data`` feeds a copy of the client's bytes to one ``MongoDecoder`` and
+``on_write`` feeds the server's bytes to another; decoded messages become stats
+(``operations.Classifier``), access-log lines and dynamic metadata. The filter returns CONTINUE
+and never changes, drops or reorders a byte. The one exception is the delay fault, which holds
+the client's bytes for a while (below).
+
+Rules:
+
+* **Replies** are matched to requests by ``responseTo`` == ``requestID`` through a bounded dict of
+  requests in flight (``MAX_IN_FLIGHT``; beyond it a request is counted but not timed).
+  ``moreToCome`` requests expect no reply; a ``moreToCome`` reply (exhaust cursor, streaming
+  hello) keeps its request in flight under the reply's own requestID, which the next reply
+  answers. ``op_query_active`` is the number of requests in flight; a close with requests in
+  flight bumps ``cx_destroy_{local,remote}_with_active_rq``.
+* **Robustness**: any ``MongoProtocolError`` (bad length, truncated BSON, a TLS handshake, not
+  Mongo at all, a reply opcode sent by the client...) bumps ``decoding_error`` once and stops decoding
+  for this connection: both decoders are dropped and bytes flow on untouched. Nothing is logged
+  per bad message. An exception of any other kind is a meshproxy bug: it is logged once per
+  worker and handled the same way, so it never escapes into the connection.
+* **Memory**: a decoder drained after every feed holds less than one message (a declared length
+  over 48,000,000 bytes is refused before any body is buffered); in-flight requests are capped;
+  bytes held by a delay pause downstream reading past ``MAX_HELD_BYTES``.
+* **Delay fault** (``delay``): when a request is decoded and no delay is pending, it is delayed
+  with probability ``numerator / denominator``: the chunk that carried it is held
+  (STOP_ITERATION), every later chunk queues behind it, and after ``fixed_delay`` all of them are
+  released in order with ``callbacks.inject_read_data(..., after=self)``. Requests seen while a
+  delay is pending are not delayed again (Envoy's rule), and replies are never delayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from filters.api import ConnectionEvent, FilterStatus, NetworkFilter, WorkerContext
+from filters.mongo_proxy.access_log import AccessLogWriter, LogEntry, open_writer, query_json
+from filters.mongo_proxy.codec import NEED_DATA, MongoDecoder
+from filters.mongo_proxy.config import MongoProxyConfig
+from filters.mongo_proxy.messages import (
+    MSG_MORE_TO_COME,
+    Compressed,
+    Message,
+    MongoProtocolError,
+    OpCommand,
+    OpCommandReply,
+    OpGetMore,
+    OpMsg,
+    OpQuery,
+    OpReply,
+)
+from filters.mongo_proxy.operations import Classifier, Plan
+from filters.mongo_proxy.stats import CommandStats, DynamicStats, MongoStats
+
+if TYPE_CHECKING:
+    import asyncio
+
+log = logging.getLogger("meshproxy.mongo_proxy")
+
+_monotonic = time.monotonic
+_CONTINUE = FilterStatus.CONTINUE
+_STOP = FilterStatus.STOP_ITERATION
+MAX_IN_FLIGHT: Final = 1024
+MAX_HELD_BYTES: Final = 1024 * 1024
+CURSOR_NOT_FOUND: Final = 43  # the server's error code for an unknown cursor id
+
+# A request in flight: (monotonic start, blocks its reply charges, access-log entry or None).
+InFlight = tuple[float, tuple[CommandStats, ...], LogEntry | None]
+
+_bug_logged = False
+
+
+class Shared:
+    """What every connection of one filter config in one worker shares (built in ``build``)."""
+
+    __slots__ = ("classifier", "config", "delay", "slow_ms", "stats", "writer")
+
+    def __init__(self, config: MongoProxyConfig, stats: MongoStats, classifier: Classifier,
+                 writer: AccessLogWriter | None) -> None:
+        self.config = config
+        self.stats = stats
+        self.classifier = classifier
+        self.writer = writer
+        self.slow_ms = config.slow_operation_threshold * 1000.0
+        delay = config.delay
+        self.delay = delay if delay is not None and delay.numerator > 0 else None
+
+
+class MongoProxyFilter(NetworkFilter):
+    """One sniffed connection (see the module docstring)."""
+
+    inspects_data = True
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.stats = shared.stats
+        self.classifier = shared.classifier
+        self.writer = shared.writer
+        self.delay = shared.delay
+        self.emit_metadata = shared.config.emit_dynamic_metadata
+        self.requests: MongoDecoder | None = MongoDecoder()
+        self.replies: MongoDecoder | None = MongoDecoder()
+        self.in_flight: dict[int, InFlight] = {}
+        self.held: list[tuple[bytes, bool]] | None = None  # chunks queued behind a delay
+        self.held_bytes = 0
+        self.read_paused = False
+        self.delay_timer: asyncio.TimerHandle | None = None
+        self.dynamic_metadata: dict[str, list[str]] = {}  # "db.collection" -> operations
+        self.closed = False
+
+    # ----- downstream -> upstream ---------------------------------------------------------------
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if self.emit_metadata:
+            self.dynamic_metadata.clear()
+        if self.held is not None:  # a delay is pending: queue behind it, still sniffing
+            if data and self.requests is not None:
+                self._sniff(self.requests, data, self._on_request)
+            self._hold(data, end_stream)
+            return _STOP
+        if data and self.requests is not None:
+            self._sniff(self.requests, data, self._on_request)
+            if self.held is not None:  # a request of this chunk started a delay
+                self._hold(data, end_stream)
+                return _STOP
+        return _CONTINUE
+
+    def _on_request(self, msg: Message) -> None:
+        stats = self.stats
+        if msg.compressor is not None:
+            stats.op_compressed.inc()
+        if type(msg) is OpMsg:  # the hot path: every request of a modern driver
+            plan, blocks = self.classifier.request(msg)
+            expects_reply = not msg.flag_bits & MSG_MORE_TO_COME
+            if not expects_reply:
+                stats.op_unacknowledged.inc()
+        elif isinstance(msg, OpReply | OpCommandReply):
+            raise MongoProtocolError(f"the client sent a reply ({msg.op_code.name})")
+        else:
+            plan, blocks = self.classifier.request(msg)
+            expects_reply = isinstance(msg, OpQuery | OpGetMore | OpCommand | Compressed)
+        entry = None
+        writer = self.writer
+        if writer is not None:
+            entry = self._log_entry(msg, plan)
+            if not expects_reply and self.shared.slow_ms <= 0.0:
+                writer.write(entry.line(None))
+        if expects_reply:
+            in_flight = self.in_flight
+            request_id = msg.request_id
+            if request_id in in_flight:  # a reused id: the newer request wins
+                in_flight[request_id] = (_monotonic(), blocks, entry)
+            elif len(in_flight) < MAX_IN_FLIGHT:
+                in_flight[request_id] = (_monotonic(), blocks, entry)
+                stats.op_query_active.inc()
+        if self.emit_metadata and plan.metadata_op:
+            resource = f"{plan.database}.{plan.collection}"
+            self.dynamic_metadata.setdefault(resource, []).append(plan.metadata_op)
+        delay = self.delay
+        if delay is not None and self.held is None and random.randrange(delay.denominator) < delay.numerator:
+            self.held = []
+            stats.delays_injected.inc()
+            self.delay_timer = self.callbacks.loop.call_later(delay.fixed_delay, self._release)
+
+    # ----- upstream -> downstream -----------------------------------------------------------------
+
+    def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if data and self.replies is not None:
+            self._sniff(self.replies, data, self._on_reply)
+        return _CONTINUE
+
+    def _on_reply(self, msg: Message) -> None:
+        stats = self.stats
+        if msg.compressor is not None:
+            stats.op_compressed.inc()
+        more_to_come = False
+        ok = True
+        code = None
+        if type(msg) is OpMsg:
+            stats.op_reply.inc()
+            summary = msg.summary
+            if summary.cursor_id:
+                stats.op_reply_valid_cursor.inc()
+            if summary.ok == 0.0:
+                ok = False
+                stats.op_reply_query_failure.inc()
+                code = summary.code
+                if code == CURSOR_NOT_FOUND:
+                    stats.op_reply_cursor_not_found.inc()
+            size = summary.size + sum(s.size for s in msg.sequences) if msg.sequences else summary.size
+            docs = summary.num_docs
+            if docs is None:
+                docs = 1  # the reply document itself
+            more_to_come = bool(msg.flag_bits & MSG_MORE_TO_COME)
+        elif isinstance(msg, OpReply):
+            stats.op_reply.inc()
+            if msg.cursor_id:
+                stats.op_reply_valid_cursor.inc()
+            if msg.cursor_not_found:
+                stats.op_reply_cursor_not_found.inc()
+            if msg.query_failure:
+                ok = False
+                stats.op_reply_query_failure.inc()
+            size, docs = msg.documents_size, msg.number_returned
+        elif isinstance(msg, OpCommandReply):
+            stats.op_command_reply.inc()
+            size, docs = len(msg.command_reply), 1 + msg.output_doc_count
+        elif type(msg) is Compressed:  # its compressor is unavailable: counted, not read
+            stats.op_reply.inc()
+            size, docs = msg.uncompressed_size, 0
+        else:
+            raise MongoProtocolError(f"the server sent a request ({msg.op_code.name})")
+        request = self.in_flight.pop(msg.response_to, None)
+        if request is None:
+            return
+        start, blocks, entry = request
+        now = _monotonic()
+        ms = (now - start) * 1000.0
+        for block in blocks:
+            block.reply_num_docs.record(docs)
+            block.reply_size.record(size)
+            block.reply_time_ms.record(ms)
+        if more_to_come and len(self.in_flight) < MAX_IN_FLIGHT:  # the next reply answers this one
+            self.in_flight[msg.request_id] = (now, blocks, entry)
+        else:
+            stats.op_query_active.dec()
+        if entry is not None:
+            self._log_reply(entry, msg, ms, size, docs, ok, code)
+
+    # ----- connection events --------------------------------------------------------------------
+
+    def on_event(self, event: ConnectionEvent) -> None:
+        self.closed = True
+        if self.delay_timer is not None:
+            self.delay_timer.cancel()
+            self.delay_timer = None
+        self.held = None
+        if self.in_flight:
+            if event is ConnectionEvent.REMOTE_CLOSE:
+                self.stats.cx_destroy_remote_with_active_rq.inc()
+            else:
+                self.stats.cx_destroy_local_with_active_rq.inc()
+        self._forget_in_flight()
+        writer = self.shared.writer
+        if writer is not None and writer.pending:
+            writer.flush()
+
+    # ----- internals ------------------------------------------------------------------------------
+
+    def _sniff(self, decoder: MongoDecoder, data: bytes, handle: Callable[[Message], None]) -> None:
+        """Decode every complete message of ``data``; stop sniffing on any error."""
+        decoder.feed(data)
+        try:
+            msg = decoder.next_message()
+            while msg is not NEED_DATA:
+                handle(msg)
+                msg = decoder.next_message()
+        except MongoProtocolError as exc:
+            self._stop_sniffing(exc)
+        except Exception as exc:  # a meshproxy bug: must never reach the connection
+            global _bug_logged
+            if not _bug_logged:
+                _bug_logged = True
+                log.exception("mongo_proxy: unexpected error while sniffing; decoding stops for the "
+                              "connection (logged once per worker)")
+            self._stop_sniffing(exc)
+
+    def _stop_sniffing(self, exc: Exception) -> None:
+        if self.requests is None:
+            return
+        self.requests = self.replies = None
+        self.stats.decoding_error.inc()
+        self._forget_in_flight()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("mongo_proxy: decoding stopped for connection %s: %s", self.callbacks.info.id, exc)
+
+    def _forget_in_flight(self) -> None:
+        if self.in_flight:
+            self.stats.op_query_active.dec(len(self.in_flight))
+            self.in_flight.clear()
+
+    def _hold(self, data: bytes, end_stream: bool) -> None:
+        assert self.held is not None
+        self.held.append((data, end_stream))
+        self.held_bytes += len(data)
+        if self.held_bytes > MAX_HELD_BYTES and not self.read_paused:
+            self.read_paused = True
+            self.callbacks.read_disable(True)
+
+    def _release(self) -> None:
+        """The delay is over: pass the held chunks on, in order."""
+        self.delay_timer = None
+        held, self.held, self.held_bytes = self.held or [], None, 0
+        if self.read_paused:
+            self.read_paused = False
+            self.callbacks.read_disable(False)
+        for data, end_stream in held:
+            if self.closed:
+                return
+            self.callbacks.inject_read_data(data, end_stream, after=self)
+
+    def _log_entry(self, msg: Message, plan: Plan) -> LogEntry:
+        info = self.callbacks.info
+        host, port = info.remote_address
+        ns = f"{plan.database}.{plan.collection}" if plan.collection else plan.database
+        fields: dict[str, object] = {
+            "connection": info.id, "downstream": f"{host}:{port}", "op": plan.op, "command": plan.command,
+            "ns": ns, "request_id": msg.request_id, "request_size": msg.wire_size,
+            "request_docs": sum(s.count for s in msg.sequences) if type(msg) is OpMsg else 0,
+            "compressor": msg.compressor.name.lower() if msg.compressor is not None else None,
+            "more_to_come": type(msg) is OpMsg and msg.more_to_come,
+        }
+        if self.shared.config.log_query_values and isinstance(msg, OpMsg | OpQuery):
+            try:
+                fields["query"] = query_json(msg.document())
+            except MongoProtocolError:
+                fields["query"] = None
+        return LogEntry(fields)
+
+    def _log_reply(self, entry: LogEntry, msg: Message, ms: float, size: int, docs: int, ok: bool,
+                   code: int | None) -> None:
+        shared = self.shared
+        if ms < shared.slow_ms:
+            return
+        if shared.slow_ms > 0.0:
+            self.stats.slow_operation.inc()
+        reply: dict[str, object] = {"reply_time_ms": round(ms, 3), "reply_size": size, "reply_docs": docs,
+                                    "ok": ok, "error_code": code}
+        if shared.config.log_query_values and type(msg) is OpMsg and msg.summary.errmsg is not None:
+            reply["errmsg"] = msg.summary.errmsg
+        assert shared.writer is not None
+        shared.writer.write(entry.line(reply))
+
+
+def build(config: MongoProxyConfig, worker: WorkerContext) -> Callable[[], NetworkFilter]:
+    """Bind stats, the per-name cache and the access log once per worker; return the factory."""
+    root = f"mongo.{config.stat_prefix}."
+    stats = MongoStats(worker.stats, root)
+    dynamic = DynamicStats(worker.stats, root, config.max_stat_names, stats.stats_overflow)
+    classifier = Classifier(stats, dynamic, config.commands)
+    writer = open_writer(config.access_log, worker.loop) if config.access_log else None
+    shared = Shared(config, stats, classifier, writer)
+
+    def make() -> NetworkFilter:
+        return MongoProxyFilter(shared)
+
+    return make

@@ -1,0 +1,296 @@
+"""From a decoded request to the stats it charges: Envoy's vocabulary, extended to OP_MSG.
+
+A request is classified once per distinct (opcode, command, database, collection) into a
+``Plan``: the counters it bumps when it is seen and the per-name blocks (``stats``) whose
+histograms its reply feeds. Plans are cached (bounded; a plan that hit ``max_stat_names`` is
+not, so that ``stats_overflow`` counts requests), so the hot path for a known shape is one dict
+lookup and a few ``inc()`` calls. For a query, the fields Envoy reads per request (the filter's
+``_id``, ``maxTimeMS``, the cursor options, the ``comment`` callsite) come from the decoder's
+``DocSummary``, read during its own walk of the command; only legacy OP_QUERY bodies are walked
+here.
+
+The mapping (docs/mongo.md has the full table):
+
+* OP_MSG ``find`` is a query, as Envoy counts the 3.2 ``find`` command: ``op_query``,
+  ``op_query_*``, ``collection.<c>.query.*`` and, when the comment is JSON with a
+  ``callingFunction``, ``collection.<c>.callsite.<fn>.query.*``.
+* Every other OP_MSG command charges ``cmd.<name>.*`` when ``name`` is in ``commands``, else
+  ``cmd.unknown_command.*`` (Envoy's rule for ``$cmd`` queries). ``insert``/``update``/``delete``
+  also bump ``op_insert``/``op_update``/``op_delete`` and ``collection.<c>.<op>.*``;
+  ``aggregate`` on a collection charges ``collection.<c>.aggregate.*``; ``getMore`` bumps
+  ``op_get_more`` and ``killCursors`` ``op_kill_cursors``.
+* Legacy opcodes are counted exactly as Envoy does (OP_QUERY, OP_INSERT, OP_GET_MORE,
+  OP_KILL_CURSORS, OP_COMMAND), plus OP_UPDATE / OP_DELETE, which Envoy cannot decode.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from filters.mongo_proxy.messages import (
+    FIND_AWAIT_DATA,
+    FIND_NO_CURSOR_TIMEOUT,
+    FIND_TAILABLE,
+    MSG_EXHAUST_ALLOWED,
+    Message,
+    OpCode,
+    OpCommand,
+    OpDelete,
+    OpGetMore,
+    OpInsert,
+    OpMsg,
+    OpQuery,
+    OpUpdate,
+)
+from filters.mongo_proxy.rawbson import int_value, scan, summarize
+from filters.mongo_proxy.stats import UNKNOWN_COMMAND, CommandStats, DynamicStats, MongoStats, QueryStats
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from stats_shm.handles import Counter
+
+# Legacy spellings Envoy folds into one command name (utility.cc).
+_ALIASES: Final = {
+    "collstats": "collStats",
+    "dbstats": "dbStats",
+    "findandmodify": "findAndModify",
+    "getlasterror": "getLastError",
+    "ismaster": "isMaster",
+}
+# OP_MSG commands with per-collection stats (meshproxy's extension), and their block name.
+_COLLECTION_OPS: Final = {name: name for name in ("insert", "update", "delete", "aggregate")}
+# Envoy's dynamic-metadata operation per command (``find`` is a query).
+_METADATA_OPS: Final = {"find": "query", "insert": "insert", "update": "update", "delete": "delete"}
+# Fixed-block counters of OP_MSG commands and of legacy opcodes.
+_MSG_OP_COUNTERS: Final = {"insert": "op_insert", "update": "op_update", "delete": "op_delete",
+                           "getMore": "op_get_more", "killCursors": "op_kill_cursors"}
+_LEGACY_OP_COUNTERS: Final = {OpCode.INSERT: "op_insert", OpCode.UPDATE: "op_update",
+                              OpCode.DELETE: "op_delete", OpCode.GET_MORE: "op_get_more",
+                              OpCode.KILL_CURSORS: "op_kill_cursors", OpCode.COMMAND: "op_command"}
+_LEGACY_COLLECTION_OPS: Final = {OpCode.INSERT: "insert", OpCode.UPDATE: "update", OpCode.DELETE: "delete"}
+MAX_PLANS: Final = 4096  # distinct request shapes remembered per worker and filter config
+
+_DOC, _ARRAY = 0x03, 0x04
+_QUERY_KEYS: Final = frozenset({b"_id", b"$query", b"$maxTimeMS", b"maxTimeMS"})
+_ID: Final = frozenset({b"_id"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one request shape charges; also what the access log and dynamic metadata say of it."""
+
+    op: str  # the opcode name, e.g. "OP_MSG"
+    command: str  # "" for legacy CRUD opcodes
+    database: str
+    collection: str  # "" when the request names none
+    counters: tuple[Counter, ...]  # bumped once per request
+    stats: tuple[CommandStats, ...]  # charged with the reply (histograms)
+    is_query: bool  # a find: gets Envoy's per-query counters (scatter_get, callsite...) per request
+    query: QueryStats | None  # collection.<c>.query. (None: no collection, or over max_stat_names)
+    metadata_op: str  # "" = no dynamic metadata
+    complete: bool  # every per-name block it wanted exists (only complete plans are cached)
+
+
+class Classifier:
+    """Charges request-time stats and returns the plan and the blocks its reply will charge."""
+
+    __slots__ = ("_msg_plans", "_plans", "commands", "dynamic", "stats")
+
+    def __init__(self, stats: MongoStats, dynamic: DynamicStats, commands: Iterable[str]) -> None:
+        self.stats = stats
+        self.dynamic = dynamic
+        self.commands = frozenset(commands)
+        self._plans: dict[tuple[int, str, str | None, str | None], Plan] = {}
+        self._msg_plans: dict[tuple[str, str | None, str | None], Plan] = {}  # OP_MSG, the hot path
+
+    def request(self, msg: Message) -> tuple[Plan, tuple[CommandStats, ...]]:
+        """Count ``msg`` (a message from the client) and return (plan, blocks for its reply)."""
+        if type(msg) is not OpMsg:
+            return self._legacy(msg)
+        summary = msg.summary
+        plan = self._msg_plans.get((summary.command, summary.collection, summary.database))
+        if plan is None:
+            plan = self._plan(OpCode.MSG, summary.command, summary.database, summary.collection)
+            if plan.complete and len(self._msg_plans) < MAX_PLANS:
+                self._msg_plans[(summary.command, summary.collection, summary.database)] = plan
+        for counter in plan.counters:
+            counter.inc()
+        if not plan.is_query:
+            return plan, plan.stats
+        if msg.flag_bits & MSG_EXHAUST_ALLOWED:
+            self.stats.op_query_exhaust.inc()
+        return plan, self._charge_query(plan, summary.filter_id_type, summary.max_time_ms,
+                                        summary.cursor_options, summary.comment)
+
+    # ----- plans ---------------------------------------------------------------------------------
+
+    def _plan(self, op: OpCode, command: str, database: str | None, collection: str | None) -> Plan:
+        key = (op, command, database, collection)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._make_plan(op, command, database or "", collection or "")
+            # An incomplete plan is rebuilt per request, so that stats_overflow counts requests.
+            if plan.complete and len(self._plans) < MAX_PLANS:
+                self._plans[key] = plan
+        return plan
+
+    def _make_plan(self, op: OpCode, command: str, database: str, collection: str) -> Plan:
+        s, dynamic = self.stats, self.dynamic
+        counters: list[Counter] = []
+        stats: list[CommandStats] = []
+        query = None
+        collection_op = ""
+        wanted = 0  # per-name blocks asked for; complete when all of them exist
+        if op is OpCode.MSG:
+            counters.append(s.op_msg)
+        if command == "find":  # OP_MSG, or an OP_QUERY (which counts op_query itself)
+            if op is OpCode.MSG:
+                counters.append(s.op_query)
+            if collection:
+                wanted += 1
+                query = dynamic.query(collection)
+            if query is not None:
+                counters.append(query.total)
+                stats.append(query)
+        elif command:
+            wanted += 1
+            block = dynamic.command(command if command in self.commands else UNKNOWN_COMMAND)
+            if block is not None:
+                counters.append(block.total)
+                stats.append(block)
+            if op is OpCode.MSG:
+                counter = _MSG_OP_COUNTERS.get(command)
+                if counter is not None:
+                    counters.append(getattr(s, counter))
+                collection_op = _COLLECTION_OPS.get(command, "")
+        else:  # a legacy opcode
+            counter = _LEGACY_OP_COUNTERS.get(op)
+            if counter is not None:
+                counters.append(getattr(s, counter))
+            collection_op = _LEGACY_COLLECTION_OPS.get(op, "")
+        if collection_op and collection:
+            wanted += 1
+            block = dynamic.collection(collection, collection_op)
+            if block is not None:
+                counters.append(block.total)
+                stats.append(block)
+        metadata_op = (_METADATA_OPS.get(command) or _LEGACY_COLLECTION_OPS.get(op, "")) if collection else ""
+        return Plan(f"OP_{op.name}", command, database, collection, tuple(counters), tuple(stats),
+                    command == "find", query, metadata_op, len(stats) == wanted)
+
+    # ----- queries ---------------------------------------------------------------------------------
+
+    def _charge_query(self, plan: Plan, id_type: int, max_time_ms: int | None, options: int,
+                      comment: str | None) -> tuple[CommandStats, ...]:
+        """Envoy's per-query counters; returns the blocks the reply charges (with the callsite's)."""
+        s = self.stats
+        if max_time_ms is None or max_time_ms < 1:
+            s.op_query_no_max_time.inc()
+        if options:
+            if options & FIND_TAILABLE:
+                s.op_query_tailable_cursor.inc()
+            if options & FIND_AWAIT_DATA:
+                s.op_query_await_data.inc()
+            if options & FIND_NO_CURSOR_TIMEOUT:
+                s.op_query_no_cursor_timeout.inc()
+        block = plan.query
+        callsite = None
+        function = calling_function(comment) if comment else None
+        if function and plan.collection:
+            callsite = self.dynamic.callsite(plan.collection, function)
+            if callsite is not None:
+                callsite.total.inc()
+        if id_type == 0:  # no _id: a scatter get (also Envoy's default, with no filter at all)
+            s.op_query_scatter_get.inc()
+            if block is not None:
+                block.scatter_get.inc()
+            if callsite is not None:
+                callsite.scatter_get.inc()
+        elif id_type in (_DOC, _ARRAY):
+            s.op_query_multi_get.inc()
+            if block is not None:
+                block.multi_get.inc()
+            if callsite is not None:
+                callsite.multi_get.inc()
+        return plan.stats if callsite is None else (*plan.stats, callsite)
+
+    # ----- legacy opcodes ------------------------------------------------------------------------
+
+    def _legacy(self, msg: Message) -> tuple[Plan, tuple[CommandStats, ...]]:
+        if isinstance(msg, OpQuery):
+            return self._legacy_query(msg)
+        if isinstance(msg, OpInsert | OpUpdate | OpDelete | OpGetMore):
+            plan = self._plan(msg.op_code, "", msg.database, msg.collection)
+        elif isinstance(msg, OpCommand):
+            plan = self._plan(msg.op_code, "", msg.database, None)
+        else:  # OP_KILL_CURSORS, or an OP_COMPRESSED left compressed
+            plan = self._plan(msg.op_code, "", None, None)
+        for counter in plan.counters:
+            counter.inc()
+        return plan, plan.stats
+
+    def _legacy_query(self, msg: OpQuery) -> tuple[Plan, tuple[CommandStats, ...]]:
+        s = self.stats
+        s.op_query.inc()
+        if msg.tailable_cursor:
+            s.op_query_tailable_cursor.inc()
+        if msg.no_cursor_timeout:
+            s.op_query_no_cursor_timeout.inc()
+        if msg.await_data:
+            s.op_query_await_data.inc()
+        if msg.exhaust:
+            s.op_query_exhaust.inc()
+        command = msg.command
+        buf = bytes(msg.query)
+        if command is not None:  # a command on "<db>.$cmd"
+            command = _ALIASES.get(command, command)
+            if command != "find":
+                plan = self._plan(OpCode.QUERY, command, msg.database, "")
+                for counter in plan.counters:
+                    counter.inc()
+                return plan, plan.stats
+            start, stop = _command_document(buf)
+            summary = msg.summary if start == 0 else summarize(buf, start, stop)
+            plan = self._plan(OpCode.QUERY, "find", msg.database, summary.collection)
+            for counter in plan.counters:
+                counter.inc()
+            # The cursor options of an OP_QUERY are its flags, counted above.
+            return plan, self._charge_query(plan, summary.filter_id_type, summary.max_time_ms, 0, msg.comment)
+        # A plain query on "<db>.<collection>": Envoy's per-collection query stats.
+        collection = msg.collection or ""
+        plan = self._plan(OpCode.QUERY, "find", msg.database, collection)
+        for counter in plan.counters:
+            counter.inc()
+        _, found = scan(buf, 0, len(buf), _QUERY_KEYS)
+        max_time = int_value(buf, found.get(b"$maxTimeMS") or found.get(b"maxTimeMS"))
+        id_element = found.get(b"_id")
+        id_type = id_element[0] if id_element is not None else 0
+        inner = found.get(b"$query")
+        if id_type == 0 and inner is not None and inner[0] == _DOC:
+            _, in_query = scan(buf, inner[1], inner[2], _ID)
+            id_element = in_query.get(b"_id")
+            id_type = id_element[0] if id_element is not None else 0
+        return plan, self._charge_query(plan, id_type, max_time, 0, msg.comment)
+
+
+def _command_document(buf: bytes) -> tuple[int, int]:
+    """The command inside an OP_QUERY ``$cmd`` query: the query itself, or its ``$query``."""
+    first, _ = scan(buf, 0, len(buf), frozenset())
+    if first is not None and first[0] == b"$query" and first[1][0] == _DOC:
+        return first[1][1], first[1][2]
+    return 0, len(buf)
+
+
+def calling_function(comment: str) -> str | None:
+    """Envoy's callsite: the ``callingFunction`` string of a comment that is a JSON object."""
+    if not comment.startswith("{"):
+        return None
+    try:
+        value = json.loads(comment)
+    except ValueError:
+        return None
+    function = value.get("callingFunction") if isinstance(value, dict) else None
+    return function if isinstance(function, str) and function else None
