@@ -8,9 +8,10 @@
   of libstdc++'s ``_Hash_bytes``, i.e. MurmurHash64A with ``STD_HASH_SEED`` (0xc70f6907). RING_HASH
   uses it with ``hash_function: MURMUR_HASH_2``, and the Redis proxy hashes every request key
   with it (``RedisLoadBalancerContextImpl``: ``murmurHash2(hashtag(key))``), so a key lands on the
-  host Envoy would pick only if this function is bit-exact. It is pure Python: keys are short,
-  so a call costs about a microsecond (see ``tests/unit/test_hashing.py`` for Envoy's known
-  answers).
+  host Envoy would pick only if this function is bit-exact. It is pure Python (no maintained C
+  binding of this exact variant exists on PyPI): about 1.5 us for a 3-byte key and 4 us for a
+  17-byte one on the shared dev box, one ``struct`` unpack plus a few 64-bit multiplies per
+  8-byte word (see ``tests/unit/test_hashing.py`` for Envoy's known answers).
 
 All arithmetic is unsigned 64-bit, as in C++: every product is masked to 64 bits.
 """
