@@ -11,7 +11,7 @@ lint:
 	ruff check .
 
 typecheck:
-	mypy filters stats_shm meshproxy/config
+	mypy --explicit-package-bases filters stats_shm meshproxy/config
 
 bench:
 	python bench/tcp_bench.py
