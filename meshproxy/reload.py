@@ -83,8 +83,9 @@ class Reloader:
         if self.attempt is not None and pid == self.attempt.pid:
             self.attempt.child_exited(status)
             return True
-        if pid == self.child_pid:
-            log.warning("the newer generation (pid %d) exited (%s)", pid, status)
+        if pid == self.child_pid:  # normal when it was itself replaced and drained
+            level = logging.INFO if status == "exit code 0" else logging.WARNING
+            log.log(level, "the newer generation (pid %d) exited (%s)", pid, status)
             return True
         return False
 
