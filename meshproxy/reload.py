@@ -32,7 +32,7 @@ log = logging.getLogger("meshproxy.reload")
 
 # Old generations allowed to drain at once (HAProxy users learned to bound this with
 # hard-stop-after): the oldest past the cap stops at once.
-MAX_DRAINING_GENERATIONS = 8
+MAX_DRAINING_GENERATIONS = 16
 
 
 class Reloader:

@@ -11,7 +11,9 @@ supervises them:
   every worker over its control channel;
 * SIGTERM/SIGINT: workers stop accepting and drain for up to ``--drain-time-s``; the
   main process exits 0 when they are gone (stragglers are killed a little later);
-* SIGHUP is reserved for hot restart and only logged for now.
+* SIGHUP hot-restarts (reload.py, hot_restart.py): a new generation takes over every
+  socket, and this one steps down and drains;
+* SIGUSR1 reopens the log file.
 
 Signal handlers only schedule work on the loop; nothing heavy runs inside them.
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from filters.local_ratelimit.shared_bucket import HostSharedRegion
 from meshproxy import __version__
 from meshproxy.admin import AdminServer
 from meshproxy.admin.tags import TagProducer
@@ -127,6 +130,8 @@ class MainProcess:
         self.admin_socket: socket.socket | None = None
         self.sinks = [StatsdSink((s.address.address, s.address.port_value), s.prefix)
                       for s in bootstrap.stats_sinks]
+        # Host-wide limiter state shared by all workers (docs/ratelimit.md); mapped before any fork.
+        self.host_shared = HostSharedRegion.create(f"meshproxy_limits_{options.base_id}")
 
     # ----- start ----------------------------------------------------------------------------
 
@@ -230,7 +235,8 @@ class MainProcess:
                 from workers.worker import run
 
                 run(slot.index, self.bootstrap, sockets, child_end, stats_factory, self.state.resolved,
-                    self.options.drain_time_s, parent_pid, frozenset(self.stopped_listeners))
+                    self.options.drain_time_s, parent_pid, frozenset(self.stopped_listeners),
+                    host_shared=self.host_shared)
             except BaseException:
                 log.exception("worker %d failed to start", slot.index)
             finally:

@@ -30,6 +30,7 @@ import msgpack
 import uvloop
 
 from filters.api import UpstreamCallbacks
+from filters.local_ratelimit.shared_bucket import HostSharedRegion
 from meshproxy.config.model import Bootstrap
 from workers.cluster import ClusterManager, ClusterRuntime, Host
 from workers.listener import ListenerRuntime
@@ -45,8 +46,11 @@ class Worker:
 
     def __init__(self, index: int, bootstrap: Bootstrap, stats: Any,
                  resolved: dict[str, list[tuple[str, int, int, int]]], control: socket.socket,
-                 drain_time: float) -> None:
+                 drain_time: float, host_shared: HostSharedRegion | None = None) -> None:
         self.index = index
+        # Host-wide limiter state (token buckets, connection counts) mapped by the main
+        # process before the fork; set before the listeners build their filters.
+        self.host_shared = host_shared
         self.bootstrap = bootstrap
         self.stats = stats
         self.control = control
@@ -149,7 +153,8 @@ def _die_with_parent() -> None:
 
 def run(index: int, bootstrap: Bootstrap, sockets: dict[str, socket.socket], control: socket.socket,
         stats_factory: Any, resolved: dict[str, list[tuple[str, int, int, int]]],
-        drain_time: float, parent_pid: int, stopped: frozenset[str] = frozenset()) -> NoReturn:
+        drain_time: float, parent_pid: int, stopped: frozenset[str] = frozenset(),
+        host_shared: HostSharedRegion | None = None) -> NoReturn:
     """Entry point in the forked child; never returns into the parent's stack."""
     code = 0
     try:
@@ -164,7 +169,7 @@ def run(index: int, bootstrap: Bootstrap, sockets: dict[str, socket.socket], con
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         control.setblocking(False)
-        worker = Worker(index, bootstrap, stats_factory(), resolved, control, drain_time)
+        worker = Worker(index, bootstrap, stats_factory(), resolved, control, drain_time, host_shared)
         loop.run_until_complete(worker.start(sockets, stopped))
         loop.run_until_complete(worker.stopped)
         # Let aborted transports run their connection_lost callbacks.
