@@ -27,7 +27,9 @@ TYPE_URL_PREFIX = "type.googleapis.com/"
 
 # The filters that ship with meshproxy; imported lazily so that a codec import never
 # drags the whole registry in.
-BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy", "filters.echo", "filters.mongo_proxy")
+BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy", "filters.echo", "filters.mongo_proxy",
+                                    "filters.local_ratelimit", "filters.connection_limit",
+                                    "filters.ratelimit", "filters.redis_ratelimit")
 
 ENTRY_POINT_GROUP = "meshproxy.filters"
 
