@@ -80,6 +80,7 @@ class SocketOffer:
     admin: socket.socket | None
     epoch: int
     first_started_at: float
+    limits: int | None = None  # the host-wide rate-limit region (a memfd), so buckets carry on
 
 
 class ReloadAttempt:
@@ -127,6 +128,8 @@ class ReloadAttempt:
             send(self.link, {"t": "listener", "name": name, "address": address}, [s.fileno() for s in socks])
         if offer.admin is not None:
             send(self.link, {"t": "admin"}, [offer.admin.fileno()])
+        if offer.limits is not None:
+            send(self.link, {"t": "limits"}, [offer.limits])
         send(self.link, {"t": "state", "epoch": offer.epoch + 1, "first_started_at": offer.first_started_at})
 
     def child_exited(self, status: str) -> None:
@@ -159,6 +162,7 @@ class Inherited:
 
     listeners: dict[str, list[socket.socket]] = field(default_factory=dict)  # address -> per-worker sockets
     admin: socket.socket | None = None
+    limits_fd: int | None = None
     epoch: int = 0
     first_started_at: float = 0.0
 
@@ -198,6 +202,8 @@ class ParentLink:
                 inherited.listeners[str(message["address"])] = [socket.socket(fileno=fd) for fd in fds]
             elif kind == "admin" and fds:
                 inherited.admin = socket.socket(fileno=fds[0])
+            elif kind == "limits" and fds:
+                inherited.limits_fd = fds[0]
             elif kind == "state":
                 inherited.epoch = int(message["epoch"])
                 inherited.first_started_at = float(message["first_started_at"])

@@ -131,7 +131,10 @@ class MainProcess:
         self.sinks = [StatsdSink((s.address.address, s.address.port_value), s.prefix)
                       for s in bootstrap.stats_sinks]
         # Host-wide limiter state shared by all workers (docs/ratelimit.md); mapped before any fork.
-        self.host_shared = HostSharedRegion.create(f"meshproxy_limits_{options.base_id}")
+        if inherited is not None and inherited.limits_fd is not None:  # buckets continue across reloads
+            self.host_shared = HostSharedRegion.adopt(inherited.limits_fd)
+        else:
+            self.host_shared = HostSharedRegion.create(f"meshproxy_limits_{options.base_id}")
 
     # ----- start ----------------------------------------------------------------------------
 
@@ -416,7 +419,8 @@ class MainProcess:
         """Every listening socket, for the next generation (hot_restart.py)."""
         listeners = tuple((lst.name, str(lst.address), tuple(self.sockets[lst.name]))
                           for lst in self.bootstrap.listeners if lst.name in self.sockets)
-        return SocketOffer(listeners, self.admin_socket, self.epoch, self.first_started_at)
+        return SocketOffer(listeners, self.admin_socket, self.epoch, self.first_started_at,
+                           self.host_shared.fileno())
 
     def step_down(self) -> None:
         """A newer generation serves: stop accepting now, drain, be gone by the shutdown time."""

@@ -364,3 +364,29 @@ def _ready(admin: int) -> bool:
         return get(admin, "/ready")[0] == 200
     except OSError:
         return False
+
+
+def _echoed(port: int) -> bool:
+    try:
+        with socket.create_connection((LOCALHOST, port), timeout=5) as sock:
+            sock.sendall(b"x")
+            return sock.recv(1) == b"x"
+    except OSError:
+        return False
+
+
+def test_local_rate_limit_bucket_carries_over_a_reload(start_proxy: StartProxy, start_upstream: StartUpstream,
+                                                       tmp_path: Path) -> None:
+    upstream = start_upstream(echo_handler)
+    admin, port = free_port(), free_port()
+    limiter = {"name": "envoy.filters.network.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "edge", "token_bucket": {"max_tokens": 6, "fill_interval": "3600s"}}}
+    config = bootstrap([listener("main", port, limiter, tcp_proxy_filter("backend"))],
+                       [static_cluster("backend", [upstream.port])])
+    config["admin"] = {"address": socket_address(admin)}
+    _proxy, _config, pid_file = start(start_proxy, tmp_path, config)  # the readiness probe takes 1 token
+    assert [_echoed(port) for _ in range(3)] == [True, True, True]
+    reload_and_wait(pid_file, admin)
+    # The new generation uses the same host-wide bucket: 2 tokens left, not a fresh 6.
+    assert [_echoed(port) for _ in range(4)] == [True, True, False, False]
