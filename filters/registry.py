@@ -29,7 +29,7 @@ TYPE_URL_PREFIX = "type.googleapis.com/"
 # drags the whole registry in.
 BUILTIN_MODULES: tuple[str, ...] = ("filters.tcp_proxy", "filters.echo", "filters.mongo_proxy",
                                     "filters.local_ratelimit", "filters.connection_limit",
-                                    "filters.ratelimit", "filters.redis_ratelimit")
+                                    "filters.ratelimit", "filters.redis_ratelimit", "filters.redis_proxy")
 
 ENTRY_POINT_GROUP = "meshproxy.filters"
 

@@ -186,6 +186,7 @@ class RequestDecoder:
     """Decodes client commands: arrays of bulk strings, or inline commands."""
 
     __slots__ = (
+        "_frames",
         "_in",
         "_left",
         "_max_array",
@@ -204,12 +205,15 @@ class RequestDecoder:
         max_array_len: int = MAX_ARRAY_LEN,
         max_request_size: int = MAX_REQUEST_SIZE,
         max_inline_len: int = MAX_INLINE_LEN,
+        keep_frames: bool = False,
     ) -> None:
         self._in = _Buffer()
         self._reader = hiredis.Reader()  # fed everything; parses the arrays
         self._left = 0  # elements the scanner still owes for a command spanning reads
         self._size = 0  # bytes of that command scanned so far
         self._queue: deque[list[bytes]] = deque()  # complete commands not yet returned
+        # With keep_frames, each queued command's exact bytes, when the fast path had them.
+        self._frames: deque[bytes | None] | None = deque() if keep_frames else None
         self._max_bulk = max_bulk_len
         self._max_array = max_array_len
         self._max_request = max_request_size
@@ -245,6 +249,29 @@ class RequestDecoder:
                 return queue.popleft()
         return NEED_DATA
 
+    def next_with_frame(self) -> tuple[list[bytes], bytes | None] | Literal[NeedData.NEED_DATA]:
+        """Like ``next``, with the command's exact bytes when they are at hand, else None.
+
+        Only for a decoder made with ``keep_frames=True`` (use either this or ``next``). The bytes
+        are there for a canonical array of bulk strings received within one read, the common
+        case, so a proxy can forward the command as it came without encoding it again; they are
+        None for inline commands and commands that spanned reads or were scanned.
+        """
+        queue = self._queue
+        if not queue:
+            if not self._in.ready():
+                return NEED_DATA
+            try:
+                self._parse()
+            except RespProtocolError:
+                if not queue:
+                    raise
+            if not queue:
+                return NEED_DATA
+        frames = self._frames
+        assert frames is not None, "next_with_frame needs RequestDecoder(keep_frames=True)"
+        return queue.popleft(), frames.popleft()
+
     def _parse(self) -> None:
         """Queue every complete command in the buffer (one loop per read, not per command)."""
         ib = self._in
@@ -255,6 +282,7 @@ class RequestDecoder:
         pack = hiredis.pack_command
         startswith = buf.startswith
         append = self._queue.append
+        frames = self._frames
         # A canonical frame no longer than every cap cannot break one: no need to scan it.
         fast_limit = min(self._max_bulk, self._max_array, self._max_request)
         while pos < end:
@@ -265,6 +293,8 @@ class RequestDecoder:
                 if not isinstance(command, list):
                     raise ib.fail("invalid request")  # unreachable unless the parsers disagree
                 append(command)
+                if frames is not None:
+                    frames.append(None)
                 pos = ib.pos
                 continue
             if buf[pos] != 42:  # not '*': an inline command
@@ -273,6 +303,8 @@ class RequestDecoder:
                     return
                 if args:  # a blank line is ignored, as redis-server does
                     append(args)
+                    if frames is not None:
+                        frames.append(None)
                 pos = ib.pos
                 gets = self._reader.gets
                 continue
@@ -295,6 +327,8 @@ class RequestDecoder:
                 if frame and len(frame) <= fast_limit and startswith(frame, pos):
                     pos += len(frame)
                     append(command)
+                    if frames is not None:
+                        frames.append(frame)
                     continue
             # Not canonical, or big enough that a cap may apply: the scanner decides.
             ib.pos = pos
@@ -303,6 +337,8 @@ class RequestDecoder:
             if not self._scan(buf, pos) or command is None:
                 raise ib.fail("invalid request")  # unreachable unless the parsers disagree
             append(command)
+            if frames is not None:
+                frames.append(None)
             pos = ib.pos
         ib.pos = pos
         ib.need = 0

@@ -21,7 +21,7 @@ PATH = r"[a-z_]+(?:\.[a-z_]+|\[\d+\]|\[\"[^\"]+\"\])*"
 ERROR = re.compile(rf"(?P<file>[^:]+): (?P<path>{PATH}): (?P<message>.+)")
 
 # Examples that must compile today (others may start to as filters are added).
-MUST_LOAD = {"tls-envoy-https-passthrough.yaml"}
+MUST_LOAD = {"tls-envoy-https-passthrough.yaml", "redis-envoy.yaml"}
 
 
 @pytest.mark.skipif(not FILES, reason=f"no Envoy examples at {EXAMPLES}")
@@ -50,3 +50,15 @@ def test_tls_passthrough_compiles_to_tcp_proxy() -> None:
     assert nf.config.cluster == "service-https" and nf.config.stat_prefix == "https_passthrough"
     assert bootstrap.admin is None
     assert bootstrap.clusters[0].endpoints[0].address.address == "service-https"
+
+
+@pytest.mark.skipif(not FILES, reason=f"no Envoy examples at {EXAMPLES}")
+def test_redis_example_compiles_to_redis_proxy() -> None:
+    bootstrap = load_config([str(EXAMPLES / "redis-envoy.yaml")])
+    (listener,) = bootstrap.listeners
+    (nf,) = listener.filter_chain.filters
+    assert nf.name == "envoy.filters.network.redis_proxy" and nf.terminal
+    assert nf.config.stat_prefix == "egress_redis" and nf.config.settings.op_timeout == 5.0
+    assert nf.config.catch_all_route.cluster == "redis_cluster" and nf.config.routes == ()
+    (cluster,) = bootstrap.clusters
+    assert cluster.lb_policy.name == "MAGLEV" and cluster.type.name == "STRICT_DNS"
