@@ -14,9 +14,14 @@ Targets: ``direct`` (the servers themselves; every ratio is relative to it), ``m
 ``worker_processes 2``). The proxies get generated configs in a temporary directory and
 run in the foreground as children of this script.
 
-Noise: the machine is shared by clients, servers and proxies, so one figure is the
-median of ``--rounds`` runs, and within a round the targets take turns in an order
-that rotates every round (no target is always measured first or last).
+Around every run the proxy's CPU time (user and system, workers included) is read from
+/proc, which gives its CPU cost per request and per GB: on two shared cores that cost,
+more than latency, decides throughput, and it changes little with other load.
+
+Noise: the machine is shared by clients, servers and proxies (and maybe other work), so
+one figure is the median of ``--rounds`` runs; within a round the targets take turns in
+an order that rotates every round, each workload waits (bounded) for other load to settle,
+and ratios are paired per round (see ``Samples``).
 
 Process hygiene: every process is started here, in its own session, and stopped here by
 PID (SIGTERM, then SIGKILL), children included, also on Ctrl-C or an error. Every client
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -458,12 +464,13 @@ class Samples:
         return {f"{target} {metric}": values for (target, metric), values in self.values.items()}
 
 
-def proxy_cpu(target: Target) -> float:
-    """CPU seconds (user + system) used so far by a proxy and its worker processes."""
+def proxy_cpu(target: Target) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by a proxy and its worker processes."""
     if target.process is None:
-        return 0.0
+        return 0.0, 0.0
     pid = target.process.popen.pid
-    return sum(sum(worker_profile.cpu_times(p)) for p in (pid, *child_pids(pid)))
+    times = [worker_profile.cpu_times(p) for p in (pid, *child_pids(pid))]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
 def cpu_busy(interval: float = 1.0) -> float:
@@ -486,36 +493,43 @@ def wait_for_quiet(limit: float) -> float:
     return busy
 
 
+def run_workload(target: Target, workload: str, turn: int, args: argparse.Namespace,
+                 samples: Samples) -> float | None:
+    """Run one workload (P1, P16, bulk) on one target and record its figures. Returns the work
+    done in the unit the CPU table uses (millions of requests, or GB), None if it failed."""
+    if workload == "bulk":
+        gbits = run_iperf(target.iperf_port, args.seconds)
+        if gbits is None:
+            return None
+        samples.add(target.name, "bulk", turn, gbits)
+        return gbits * args.seconds / 8
+    pipeline = int(workload[1:])
+    requests = args.requests * (1 if pipeline == 1 else 10)
+    figures = run_redis_benchmark(target.redis_port, pipeline, requests)
+    for test, fig in figures.items():
+        name = f"{test} {workload}"
+        samples.add(target.name, name, turn, fig.rps)
+        for quantile, value in (("p50", fig.p50_ms), ("p99", fig.p99_ms)):
+            if value is not None:
+                samples.add(target.name, f"{name} {quantile}", turn, value)
+    return 2 * requests / 1e6 if len(figures) == 2 else None
+
+
 def measure_round(targets: list[Target], turn: int, args: argparse.Namespace,
                   samples: Samples) -> list[float]:
-    """One round: P1, P16 and bulk on every target in turn. Returns the machine's busy
-    fraction (other load) measured before each of the three."""
+    """One round: P1, P16 and bulk on every target in turn, with each proxy's CPU time per
+    unit of work. Returns the machine's busy fraction (other load) before each workload."""
     order = targets[turn % len(targets):] + targets[:turn % len(targets)]
     busy = []
-    for pipeline in (1, 16):
-        requests = args.requests * (1 if pipeline == 1 else 10)
+    for workload in ("P1", "P16", "bulk"):
         busy.append(wait_for_quiet(args.quiet_wait))
         for target in order:
-            cpu_before = proxy_cpu(target)
-            figures = run_redis_benchmark(target.redis_port, pipeline, requests)
-            if len(figures) == 2 and target.process is not None:  # µs per request, SET and GET together
-                cost = (proxy_cpu(target) - cpu_before) / (2 * requests) * 1e6
-                samples.add(target.name, f"cpu P{pipeline}", turn, cost)
-            for test, fig in figures.items():
-                name = f"{test} P{pipeline}"
-                samples.add(target.name, name, turn, fig.rps)
-                for quantile, value in (("p50", fig.p50_ms), ("p99", fig.p99_ms)):
-                    if value is not None:
-                        samples.add(target.name, f"{name} {quantile}", turn, value)
-    busy.append(wait_for_quiet(args.quiet_wait))
-    for target in order:
-        cpu_before = proxy_cpu(target)
-        gbits = run_iperf(target.iperf_port, args.seconds)
-        if gbits is not None:
-            samples.add(target.name, "bulk", turn, gbits)
-            if target.process is not None:  # CPU seconds per GB relayed
-                samples.add(target.name, "cpu bulk", turn,
-                            (proxy_cpu(target) - cpu_before) / (gbits * args.seconds / 8))
+            before = proxy_cpu(target)
+            work = run_workload(target, workload, turn, args, samples)
+            if work and target.process is not None:
+                after = proxy_cpu(target)
+                samples.add(target.name, f"cpu {workload}", turn, (sum(after) - sum(before)) / work)
+                samples.add(target.name, f"cpu user {workload}", turn, (after[0] - before[0]) / work)
     return busy
 
 
@@ -561,17 +575,22 @@ def latency_table(names: list[str], samples: Samples) -> str:
 
 
 def cpu_table(names: list[str], samples: Samples) -> str:
-    """The proxies' own CPU per unit of work, and its ratio to HAProxy's (lower is cheaper)."""
-    columns = (("cpu P1", "P1 CPU us/request", "{:.1f}"), ("cpu P16", "P16 CPU us/request", "{:.2f}"),
-               ("cpu bulk", "bulk CPU s/GB", "{:.3f}"))
+    """Each proxy's CPU (user + system) per unit of work with its ratio to HAProxy's (lower is
+    cheaper), and the user part: system time follows the syscalls, user time the proxy's code."""
+    columns = (("P1", "P1 CPU us/request", "{:.1f}"), ("P16", "P16 CPU us/request", "{:.2f}"),
+               ("bulk", "bulk CPU s/GB", "{:.3f}"))
     rows = []
     for name in names[1:]:
         row = [name]
-        for metric, _, fmt in columns:
-            value = samples.median(name, metric)
-            ratio = samples.ratio(name, "haproxy", (metric,)) if "haproxy" in names else None
-            shown = "n/a" if value is None else fmt.format(value)
-            row.append(shown if ratio is None or value is None else f"{shown} ({ratio:.2f}x)")
+        for workload, _, fmt in columns:
+            total = samples.median(name, f"cpu {workload}")
+            user = samples.median(name, f"cpu user {workload}")
+            if total is None or user is None:
+                row.append("n/a")
+                continue
+            ratio = samples.ratio(name, "haproxy", (f"cpu {workload}",)) if "haproxy" in names else None
+            shown = fmt.format(total) + ("" if ratio is None else f" ({ratio:.2f}x)")
+            row.append(f"{shown}, user {fmt.format(user)}")
         rows.append(row)
     return markdown_table(["proxy", *(title for _, title, _ in columns)], rows)
 
@@ -634,8 +653,8 @@ def profile_meshproxy(target: Target, quick: bool) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for workload in ("P1", "P16", "bulk"):
         outputs = [OUT / f"profile-{workload}-worker{i}.txt" for i in range(len(workers))]
-        cpu = worker_profile.sample_workers(workers, outputs, 4 if quick else 10,
-                                            lambda seconds, w=workload: keep_loaded(target, w, seconds))
+        load = functools.partial(keep_loaded, target, workload)
+        cpu = worker_profile.sample_workers(workers, outputs, 4 if quick else 10, load)
         print(f"\n### meshproxy workers under {workload} load ({len(workers)} workers; "
               f"raw stacks in {OUT.relative_to(REPO)}/profile-{workload}-*.txt)\n")
         print(f"worker CPU: {cpu.user:.0%} user + {cpu.system:.0%} system (of one core, summed over workers)")
