@@ -4,6 +4,9 @@ through mongo_proxy + tcp_proxy, on the same meshproxy worker.
     python bench/mongo_bench.py            # 3 rounds of 8 s per workload and target, ~2 minutes
     python bench/mongo_bench.py --quick    # 1 round of 3 s, for a smoke run
     python bench/mongo_bench.py --micro    # also: the filter alone, in process (no sockets)
+    python bench/mongo_bench.py --micro-only   # only that (~1 minute)
+    python bench/mongo_bench.py --profile  # afterwards, py-spy the worker under both workloads
+    python bench/mongo_bench.py --calibrate 5,10   # also filters burning 5 / 10 us of CPU per read
 
 Everything runs on 127.0.0.1 from this checkout:
 
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,6 +62,39 @@ REPLY_BODY: Final = bson.encode(
     {"cursor": {"firstBatch": [_DOC], "id": bson.Int64(0), "ns": "bench.users"}, "ok": 1.0}
 )
 WORKLOADS: Final = {"P1": (32, 1), "P16": (8, 16)}  # name -> (connections, requests in flight each)
+
+# --calibrate: a pass-through filter that burns a fixed CPU time per read in each direction, loaded
+# into meshproxy with --filter-module. Its ratio to plain says what a filter of known cost keeps.
+SPIN_MODULE: Final = '''"""mongo_bench --calibrate: burns a fixed CPU time per read, each way."""
+import time
+
+from filters.api import FilterStatus, NetworkFilter
+from filters.config_schema import Message, integer
+from filters.registry import FilterType, register
+
+_clock = time.thread_time
+
+
+class Spin(NetworkFilter):
+    inspects_data = True
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_data(self, data, end_stream):
+        end = _clock() + self.seconds
+        while _clock() < end:
+            pass
+        return FilterStatus.CONTINUE
+
+    on_write = on_data
+
+
+SCHEMA = Message("mongo_bench.Spin", fields={"us": integer()},
+                 build=lambda fields, ctx, path: fields["us"] / 1e6)
+register(FilterType(name="mongo_bench.spin", message="mongo_bench.Spin", parse=SCHEMA.parse,
+                    build=lambda seconds, worker: lambda: Spin(seconds)))
+'''
 
 
 def op_msg(body: bytes, request_id: int, response_to: int) -> bytes:
@@ -167,7 +204,9 @@ def client(port: int, connections: int, depth: int, seconds: float) -> None:
 # ----- the driver ------------------------------------------------------------------------------------
 
 
-def meshproxy_config(plain: int, sniffed: int, upstream: int) -> dict[str, Any]:
+def meshproxy_config(plain: int, sniffed: int, upstream: int,
+                     spins: dict[int, int] | None = None) -> dict[str, Any]:
+    """Listeners ``plain`` and ``sniffed``, and one ``spin<us>`` per --calibrate cost (us -> port)."""
     def lst(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
         return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                 "filter_chains": [{"filters": filters}]}
@@ -182,6 +221,10 @@ def meshproxy_config(plain: int, sniffed: int, upstream: int) -> dict[str, Any]:
         "cluster_name": "mongod", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}
     listeners = [lst("plain", plain, [tcp]), lst("sniffed", sniffed, [mongo, tcp])]
+    for us, port in (spins or {}).items():
+        spin = {"name": "mongo_bench.spin", "typed_config": {"@type": "type.googleapis.com/mongo_bench.Spin",
+                                                             "us": us}}
+        listeners.append(lst(f"spin{us}", port, [spin, tcp]))
     return {"static_resources": {"listeners": listeners, "clusters": [cluster]}}
 
 
@@ -197,12 +240,16 @@ def run_client(port: int, workload: str, seconds: float) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
-def micro(rounds: int = 15, n: int = 2000) -> dict[str, float]:
+def micro(rounds: int = 15, n: int = 2048) -> dict[str, float]:
     """The filter alone, in process: CPU microseconds per request + reply pair (best of ``rounds``).
 
-    Process CPU time, not wall time, so that a busy machine taking the CPU away does not count."""
-    from filters.mongo_proxy.codec import MongoDecoder
+    Process CPU time, not wall time, so that a busy machine taking the CPU away counts less. Each
+    workload feeds the filter one read per request (P1) or reads of 16 pipelined requests (P16);
+    ``decoding`` is the decoders alone on the same reads (``summaries``, what the filter calls),
+    and ``full decoder`` the ``Message`` API (``feed`` + ``next_message``) for comparison."""
+    from filters.mongo_proxy.codec import NEED_DATA, MongoDecoder
     from filters.mongo_proxy.config import MongoProxyConfig
+    from filters.mongo_proxy.fastpath import REPLIES, REQUESTS
     from filters.mongo_proxy.filter import MongoProxyFilter, build
     from stats_shm import HeapStore
 
@@ -217,25 +264,60 @@ def micro(rounds: int = 15, n: int = 2000) -> dict[str, float]:
     f.initialize(Callbacks())  # type: ignore[arg-type]
     requests = [op_msg(REQUEST_BODY, i, 0) for i in range(n)]
     replies = [op_msg(REPLY_BODY, 10_000 + i, i) for i in range(n)]
-    out: dict[str, float] = {}
-    best = best_decode = float("inf")
-    for _ in range(rounds):
-        start = time.process_time()
-        for request, reply in zip(requests, replies, strict=True):
+    reads = {
+        "P1": (requests, replies),
+        "P16": ([b"".join(requests[i:i + 16]) for i in range(0, n, 16)],
+                [b"".join(replies[i:i + 16]) for i in range(0, n, 16)]),
+    }
+
+    def best_of(run: Callable[[], None]) -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.process_time()
+            run()
+            best = min(best, time.process_time() - start)
+        return best / n * 1e6
+
+    def through_filter(ins: list[bytes], outs: list[bytes]) -> None:
+        for request, reply in zip(ins, outs, strict=True):
             f.on_data(request, False)
             f.on_write(reply, False)
-        best = min(best, (time.process_time() - start) / n)
+
+    def through_decoders(ins: list[bytes], outs: list[bytes]) -> None:
+        down = MongoDecoder(summaries=REQUESTS, count_documents=False)
+        up = MongoDecoder(summaries=REPLIES)
+        for request, reply in zip(ins, outs, strict=True):
+            down.summaries(request)
+            up.summaries(reply)
+
+    def through_full_decoder(ins: list[bytes], outs: list[bytes]) -> None:
         decoder = MongoDecoder()
-        start = time.process_time()
-        for request, reply in zip(requests, replies, strict=True):
-            decoder.feed(request)
-            decoder.next_message()
-            decoder.feed(reply)
-            decoder.next_message()
-        best_decode = min(best_decode, (time.process_time() - start) / n)
-    out["filter us per request+reply"] = best * 1e6
-    out["of which decoding"] = best_decode * 1e6
+        for data in (*ins, *outs):
+            decoder.feed(data)
+            while decoder.next_message() is not NEED_DATA:
+                pass
+
+    out: dict[str, float] = {}
+    for workload, (ins, outs) in reads.items():
+        out[f"{workload} filter us per request+reply"] = best_of(lambda i=ins, o=outs: through_filter(i, o))
+        out[f"{workload} of which decoding"] = best_of(lambda i=ins, o=outs: through_decoders(i, o))
+    out["P1 full decoder (Message API)"] = best_of(lambda: through_full_decoder(requests, replies))
     return out
+
+
+def profile(proxy: tcp_bench.Started, port: int, quick: bool) -> None:
+    """py-spy the worker while each workload runs against the sniffed listener; print where time goes."""
+    worker_profile.ensure_py_spy()
+    workers = tcp_bench.child_pids(proxy.popen.pid)
+    out_dir = REPO / "bench" / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for workload in WORKLOADS:
+        outputs = [out_dir / f"mongo-profile-{workload}-worker{i}.txt" for i in range(len(workers))]
+        cpu = worker_profile.sample_workers(workers, outputs, 4 if quick else 10,
+                                            lambda seconds, w=workload: run_client(port, w, seconds))
+        print(f"\n### the worker under {workload}, sniffed (stacks: bench/out/mongo-profile-{workload}-*)\n")
+        print(f"worker CPU: {cpu.user:.0%} user + {cpu.system:.0%} system of one core")
+        print(worker_profile.summarise([o for o in outputs if o.exists()], top=16), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,12 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--micro", action="store_true", help="also time the filter alone, in process")
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process timing (no processes)")
+    parser.add_argument("--profile", action="store_true", help="afterwards, py-spy the worker (sniffed)")
+    parser.add_argument("--calibrate", type=lambda text: [int(us) for us in text.split(",")], default=[],
+                        metavar="US[,US...]",
+                        help="also measure a filter burning US microseconds of CPU per read, each way")
     parser.add_argument("--json", type=Path, help="write every sample to this file")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each round, wait up to S s for other load to drop under 25%%")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.quiet_wait = 1, 3.0, 0.0
+    if args.micro_only:
+        for name, value in micro().items():
+            print(f"micro: {name}: {value:.1f} us")
+        return 0
     with tempfile.TemporaryDirectory(prefix="mongo_bench.") as tmp:
         procs = tcp_bench.Processes(Path(tmp))
         try:
@@ -260,20 +351,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(procs: tcp_bench.Processes, workdir: Path, args: argparse.Namespace) -> int:
-    upstream, plain, sniffed = tcp_bench.free_ports(3)
+    upstream, plain, sniffed, *spin_ports = tcp_bench.free_ports(3 + len(args.calibrate))
+    spins = dict(zip(args.calibrate, spin_ports, strict=True))
     procs.start("upstream", [sys.executable, __file__, "--serve", str(upstream)], cwd=REPO)
     config = workdir / "meshproxy.yaml"
-    config.write_text(yaml.safe_dump(meshproxy_config(plain, sniffed, upstream), sort_keys=False))
+    config.write_text(yaml.safe_dump(meshproxy_config(plain, sniffed, upstream, spins), sort_keys=False))
     argv = [sys.executable, "-m", "meshproxy", "-c", str(config), "--concurrency", "1", "-l", "warning",
             "--drain-time-s", "1", "--base-id", str(9500 + os.getpid() % 400)]
+    if spins:
+        (workdir / "mongo_bench_spin.py").write_text(SPIN_MODULE)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+        argv += ["--filter-module", "mongo_bench_spin"]
     proxy = procs.start("meshproxy", argv, cwd=REPO)
     deadline = time.monotonic() + 20
-    while not all(map(tcp_bench.is_listening, (upstream, plain, sniffed))):
+    while not all(map(tcp_bench.is_listening, (upstream, plain, sniffed, *spin_ports))):
         if time.monotonic() > deadline or proxy.popen.poll() is not None:
             print(proxy.log.read_text(), file=sys.stderr)
             return 1
         time.sleep(0.1)
-    targets = {"plain": plain, "sniffed": sniffed}
+    targets = {"plain": plain, "sniffed": sniffed, **{f"spin{us}": port for us, port in spins.items()}}
     samples: dict[tuple[str, str, str], list[float]] = {}
     for turn in range(args.rounds):
         busy = tcp_bench.wait_for_quiet(args.quiet_wait) if args.quiet_wait else tcp_bench.cpu_busy()
@@ -289,7 +385,7 @@ def measure(procs: tcp_bench.Processes, workdir: Path, args: argparse.Namespace)
                 cpu_us = cpu / max(1, result["replies"]) * 1e6
                 samples.setdefault((workload, target, "rps"), []).append(rps)
                 samples.setdefault((workload, target, "cpu_us"), []).append(cpu_us)
-                print(f"round {turn + 1} {workload:>3} {target:>7}: {rps:9.0f} rq/s, {cpu_us:6.1f} us CPU/rq",
+                print(f"round {turn + 1} {workload:>3} {target:>8}: {rps:9.0f} rq/s, {cpu_us:6.1f} us CPU/rq",
                       flush=True)
     print()
     print("| workload | plain rq/s | sniffed rq/s | sniffed/plain | plain CPU us/rq | sniffed CPU us/rq |")
@@ -305,6 +401,18 @@ def measure(procs: tcp_bench.Processes, workdir: Path, args: argparse.Namespace)
               f"{med[('plain', 'cpu_us')]:.1f} | {med[('sniffed', 'cpu_us')]:.1f} |")
         verdicts.append(f"{workload}: sniffer keeps {ratio:.0%} of tcp_proxy's throughput "
                         f"({'meets' if ratio >= 0.75 else 'MISSES'} the >= 75% target)")
+    if spins:
+        print()
+        print("| workload | calibration filter (CPU per read, each way) | rq/s | its/plain | CPU us/rq |")
+        print("|---|---|---|---|---|")
+        for workload in WORKLOADS:
+            plain_rps = samples[(workload, "plain", "rps")]
+            for us in spins:
+                rps = samples[(workload, f"spin{us}", "rps")]
+                ratios = [s / p for p, s in zip(plain_rps, rps, strict=True)]
+                cpu = statistics.median(samples[(workload, f"spin{us}", "cpu_us")])
+                print(f"| {workload} | {us} us | {statistics.median(rps):.0f} | "
+                      f"{statistics.median(ratios):.2f}x | {cpu:.1f} |")
     print()
     print("\n".join(verdicts))
     print(f"load average after: {os.getloadavg()[0]:.1f}, CPUs: {os.cpu_count()}")
@@ -313,6 +421,8 @@ def measure(procs: tcp_bench.Processes, workdir: Path, args: argparse.Namespace)
             print(f"micro: {name}: {value:.1f} us")
     if args.json:
         args.json.write_text(json.dumps({" ".join(k): v for k, v in samples.items()}, indent=1))
+    if args.profile:
+        profile(proxy, sniffed, args.quick)
     return 0
 
 

@@ -4,7 +4,9 @@ The filter sits before tcp_proxy, decodes copies of the bytes in both directions
 access logs, and never alters traffic (docs/mongo.md). This package holds:
 
 * ``codec`` -- the sans-IO decoder (``MongoDecoder``: ``feed`` bytes, ``next_message`` until
-  ``NEED_DATA``) and the framing / raw-BSON rules it enforces;
+  ``NEED_DATA``; or ``summaries(data)``, the sniffer's call) and the framing rules it enforces;
+* ``fastpath`` -- OP_MSG requests and replies read at predicted offsets into small tuples
+  (``RequestSummary``, ``ReplySummary``): the sniffer's hot path;
 * ``messages`` -- the decoded message types (frozen, slotted dataclasses), ``OpCode``,
   ``Compressor`` and ``MongoProtocolError``;
 * ``rawbson`` -- BSON read in place: framing checks, a top-level walk, ``first_element`` and the

@@ -1,8 +1,16 @@
 """Sans-IO decoder for the MongoDB wire protocol, one per direction of a sniffed connection.
 
-``feed(data)`` only buffers; ``next_message()`` returns the next complete ``Message`` or
-``NEED_DATA``. No sockets, no asyncio, no stats: the mongo_proxy filter feeds it copies of the
-bytes it relays and never lets it alter traffic.
+Two ways to read it, on the same framing:
+
+* ``feed(data)`` then ``next_message()`` until ``NEED_DATA``: every message as a ``Message``
+  (``messages``), checked completely. The API for tests, tools and legacy opcodes.
+* ``summaries(data)``: the sniffer's one call per read. Every plain OP_MSG is read by the fast
+  path (``fastpath``: a small tuple with what stats need, read at predicted offsets); anything it
+  is unsure of, and every other opcode, goes through the full decoder, an ``OpMsg`` converted to
+  the same tuple. ``next_summary()`` is the one-message form.
+
+No sockets, no asyncio, no stats: the mongo_proxy filter feeds it the bytes it relays and never
+lets it alter traffic.
 
 Wire format (all integers little-endian; https://www.mongodb.com/docs/manual/reference/mongodb-wire-protocol/)::
 
@@ -22,17 +30,24 @@ Invariants:
   as soon as the header bytes are seen, before any body is buffered. Hence a decoder drained after
   every ``feed`` holds less than one message plus a header, and never more than
   ``MAX_MESSAGE_SIZE`` of a single message.
-* A frame is checked completely before it is returned: every field and document fits exactly in
-  the frame, OP_MSG has exactly one kind-0 section and no unknown required flag bit, a reply's
+* No message is copied twice. A fed ``bytes`` chunk is kept by reference and its whole messages
+  are parsed in place; only the incomplete message it ends with is copied into the decoder's
+  buffer, and then only the bytes that message lacks are taken from the next chunk. A completed
+  buffer is handed over as the frame (``rawbson.Buffer``), not copied again. ``next_message``
+  cuts a message out of a chunk that holds several (its ``memoryview`` fields must not pin the
+  whole chunk); a chunk that is one message is used as it is.
+* A ``Message`` is checked completely before it is returned: every field and document fits exactly
+  in the frame, OP_MSG has exactly one kind-0 section and no unknown required flag bit, a reply's
   ``numberReturned`` matches its documents. The top level of each summarised document is walked
   element by element (types known, sizes in bounds); nested documents are length-checked only.
-* After a ``MongoProtocolError`` the decoder is failed for good: ``feed`` drops data and
-  ``next_message`` raises again. A sniffer stops decoding that connection, proxying goes on.
+  A fast-path summary checks less: what it reads, and the framing (see ``fastpath``).
+* After a ``MongoProtocolError`` the decoder is failed for good: ``feed`` drops data,
+  ``next_message`` raises again, ``summaries`` returns nothing, ``error`` says why. A sniffer
+  stops decoding that connection, proxying goes on.
 
-Cheap by design: a message's documents are walked in place by ``rawbson`` (top level only, no
-Python objects built for values nobody asked for); full decodes happen only when a caller asks a
-message for its document. Frames are ``bytes`` copied once out of the receive buffer; documents
-stay ``memoryview`` slices of them.
+Cheap by design: documents are walked in place by ``rawbson`` (top level only, no Python objects
+built for values nobody asked for); full decodes happen only when a caller asks a message for its
+document.
 """
 
 from __future__ import annotations
@@ -43,8 +58,9 @@ import struct
 import zlib
 from collections.abc import Callable
 from types import ModuleType
-from typing import Final, Literal
+from typing import Final, Generic, Literal
 
+from filters.mongo_proxy.fastpath import S, SummaryReader
 from filters.mongo_proxy.messages import (
     MSG_CHECKSUM_PRESENT,
     Compressed,
@@ -65,6 +81,7 @@ from filters.mongo_proxy.messages import (
     OpUpdate,
 )
 from filters.mongo_proxy.rawbson import (
+    Buffer,
     check_document,
     count_documents,
     first_element,
@@ -88,6 +105,7 @@ _HEADER = struct.Struct("<iiii").unpack_from
 _REPLY = struct.Struct("<iqii").unpack_from  # responseFlags, cursorID, startingFrom, numberReturned
 _COMPRESSED = struct.Struct("<iiB").unpack_from  # originalOpcode, uncompressedSize, compressorId
 _KNOWN_OPCODES: Final = frozenset(int(op) for op in OpCode)
+_OP_MSG: Final = int(OpCode.MSG)
 
 
 class _NeedData(enum.Enum):
@@ -124,74 +142,236 @@ SUPPORTED_COMPRESSORS: Final[frozenset[Compressor]] = frozenset(
 """Compressors whose OP_COMPRESSED messages are decompressed and decoded; others stay ``Compressed``."""
 
 
-class MongoDecoder:
+class MongoDecoder(Generic[S]):
     """Decodes one direction of a MongoDB connection; see the module docstring for the rules."""
 
-    __slots__ = ("_buf", "_decompress", "_error")
+    __slots__ = ("_buf", "_convert", "_count", "_data", "_decompress", "_pos", "_read", "error")
 
-    def __init__(self, *, decompress: bool = True) -> None:
-        """``decompress=False`` returns every OP_COMPRESSED message as ``Compressed`` (cheapest)."""
-        self._buf = bytearray()
+    def __init__(
+        self,
+        *,
+        decompress: bool = True,
+        summaries: SummaryReader[S] | None = None,
+        count_documents: bool = True,
+    ) -> None:
+        """``decompress=False`` returns every OP_COMPRESSED message as ``Compressed`` (cheapest).
+
+        ``summaries`` (``fastpath.REQUESTS`` or ``fastpath.REPLIES``) is how ``summaries()`` and
+        ``next_summary()`` return OP_MSG messages; without it they return full messages.
+        ``count_documents=False`` lets a summary skip counting the documents of OP_MSG document
+        sequences (its ``request_docs`` is then None).
+        """
+        self._buf = bytearray()  # the start of one incomplete message, and nothing else
+        self._data: bytes | None = None  # a chunk fed and not yet consumed, parsed in place ...
+        self._pos = 0  # ... from here
         self._decompress = decompress
-        self._error: str | None = None
+        self._read: Callable[[Buffer, int, int, bool], S | None] | None = None
+        self._convert: Callable[[OpMsg], S] | None = None
+        if summaries is not None:
+            self._read, self._convert = summaries
+        self._count = count_documents
+        self.error: str | None = None  # why the decoder failed (read-only): a MongoProtocolError's message
 
     @property
     def failed(self) -> bool:
         """True once a ``MongoProtocolError`` was raised; the decoder will not decode again."""
-        return self._error is not None
+        return self.error is not None
 
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet returned as a message."""
-        return len(self._buf)
+        data = self._data
+        return len(self._buf) + (len(data) - self._pos if data is not None else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer bytes seen on the connection (dropped once the decoder has failed)."""
-        if self._error is None:
-            self._buf += data
+        """Take bytes seen on the connection (dropped once the decoder has failed).
+
+        ``bytes`` are kept by reference, not copied: messages are parsed in place, and only the
+        incomplete message a chunk ends with is copied, into the decoder's buffer.
+        """
+        if self.error is not None or not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        pending = self._data
+        if pending is None:
+            self._data, self._pos = data, 0
+        else:  # fed twice without draining: rare, so simply joined
+            self._data, self._pos = pending[self._pos :] + data, 0
 
     def next_message(self) -> Message | Literal[_NeedData.NEED_DATA]:
         """Return the next complete message, or ``NEED_DATA``; raise ``MongoProtocolError``."""
-        if self._error is not None:
-            raise MongoProtocolError(self._error)
-        buf = self._buf
+        frame = self._next_frame()
+        if frame is None:
+            return NEED_DATA
+        buf, pos, end, _ = frame
+        return self._message(buf, pos, end)
+
+    def next_summary(self) -> S | Message | Literal[_NeedData.NEED_DATA]:
+        """As ``next_message``, but an OP_MSG comes as its summary (see ``__init__``)."""
+        frame = self._next_frame()
+        if frame is None:
+            return NEED_DATA
+        buf, pos, end, op_code = frame
+        read = self._read
+        if read is not None and op_code == _OP_MSG:
+            summary = read(buf, pos, end, self._count)
+            if summary is not None:
+                return summary
+        return self._full(buf, pos, end)
+
+    def summaries(self, data: bytes) -> list[S | Message]:
+        """Feed ``data`` and return every message it completes, as ``next_summary`` would.
+
+        The sniffer's one call per read. A protocol error ends the list early: the messages before
+        it are returned, and ``failed`` / ``error`` tell. Bugs still raise.
+        """
+        out: list[S | Message] = []
+        if self.error is not None or not data:
+            return out
+        if type(data) is not bytes:
+            data = bytes(data)
+        pos = 0
+        if self._buf or self._data is not None:  # first the message the last read left incomplete
+            self.feed(data)
+            try:
+                while self._buf:
+                    item = self.next_summary()
+                    if item is NEED_DATA:
+                        return out
+                    out.append(item)
+            except MongoProtocolError:
+                return out
+            if self._data is None:
+                return out
+            data, pos = self._data, self._pos
+            self._data = None
+        # Then message after message in place, inline: the hot loop of the sniffer.
+        read, count, append, known = self._read, self._count, out.append, _KNOWN_OPCODES
+        size = len(data)
+        try:
+            while size - pos >= HEADER_SIZE:
+                length, _, _, op_code = _HEADER(data, pos)
+                end = pos + length
+                if end > size or not HEADER_SIZE <= length <= MAX_MESSAGE_SIZE or op_code not in known:
+                    break  # incomplete or invalid: _next_frame keeps the one or reports the other
+                summary = read(data, pos, end, count) if op_code == _OP_MSG and read is not None else None
+                append(summary if summary is not None else self._full(data, pos, end))
+                pos = end
+            if pos < size:
+                self._data, self._pos = data, pos
+                while (item := self.next_summary()) is not NEED_DATA:
+                    out.append(item)
+        except MongoProtocolError:
+            pass
+        return out
+
+    # ----- framing ---------------------------------------------------------------------------
+
+    def _next_frame(self) -> tuple[Buffer, int, int, int] | None:
+        """The next complete frame as (buffer, start, end, opCode); None: more bytes are needed.
+
+        Raises ``MongoProtocolError`` for a bad header as soon as its bytes are seen.
+        """
+        if self.error is not None:
+            raise MongoProtocolError(self.error)
+        buf, data = self._buf, self._data
+        if buf:
+            if data is not None:
+                self._fill(buf, data)
+            return self._buffered_frame(buf)
+        if data is None:
+            return None
+        pos = self._pos
+        have = len(data) - pos
+        if have >= 4:
+            length = _I32(data, pos)[0]
+            if length < HEADER_SIZE or length > MAX_MESSAGE_SIZE:
+                raise self._failed(_bad_length(length, data, pos))
+            if have >= HEADER_SIZE:
+                op_code = _I32(data, pos + 12)[0]
+                if op_code not in _KNOWN_OPCODES:
+                    raise self._failed(f"unknown opCode {op_code}{_hint(data, pos)}")
+                if have >= length:
+                    end = pos + length
+                    if end == len(data):
+                        self._data = None
+                    else:
+                        self._pos = end
+                    return data, pos, end, op_code
+        buf += memoryview(data)[pos:] if pos else data  # the incomplete message, alone
+        self._data = None
+        return None
+
+    def _fill(self, buf: bytearray, data: bytes) -> None:
+        """Move from ``data`` into ``buf`` the bytes its message still lacks, and no more."""
+        pos = self._pos
+        with memoryview(data) as view:
+            if len(buf) < HEADER_SIZE:
+                take = HEADER_SIZE - len(buf)
+                buf += view[pos : pos + take]
+                pos += take
+            if len(buf) >= HEADER_SIZE:
+                length = _I32(buf, 0)[0]
+                if HEADER_SIZE <= length <= MAX_MESSAGE_SIZE and _I32(buf, 12)[0] in _KNOWN_OPCODES:
+                    take = length - len(buf)
+                    buf += view[pos : pos + take]
+                    pos += take
+        if pos >= len(data):
+            self._data = None
+        else:
+            self._pos = pos
+
+    def _buffered_frame(self, buf: bytearray) -> tuple[Buffer, int, int, int] | None:
         have = len(buf)
         if have < 4:
-            return NEED_DATA
+            return None
         length = _I32(buf, 0)[0]
         if length < HEADER_SIZE or length > MAX_MESSAGE_SIZE:
-            raise self._failed(f"messageLength {length} is outside [16, {MAX_MESSAGE_SIZE}]{_hint(buf)}")
+            raise self._failed(_bad_length(length, buf, 0))
         if have < HEADER_SIZE:
-            return NEED_DATA
+            return None
         op_code = _I32(buf, 12)[0]
         if op_code not in _KNOWN_OPCODES:
-            raise self._failed(f"unknown opCode {op_code}{_hint(buf)}")
+            raise self._failed(f"unknown opCode {op_code}{_hint(buf, 0)}")
         if have < length:
-            return NEED_DATA
-        if have == length:  # the usual case: one read, one message
-            frame = bytes(buf)
-            buf.clear()
-        else:
-            with memoryview(buf) as view:
-                frame = bytes(view[:length])
-            del buf[:length]  # O(1) amortised: CPython moves a bytearray's start, no copy
+            return None
+        self._buf = bytearray()  # the frame is handed over whole: nobody writes to it again
+        return buf, 0, length, op_code
+
+    def _message(self, buf: Buffer, pos: int, end: int) -> Message:
+        """Decode the frame ``buf[pos:end]`` in full (messages keep views of it, so it is cut out)."""
+        frame = buf[pos:end] if pos or end != len(buf) else buf
         try:
             return _decode_frame(frame, self._decompress)
         except MongoProtocolError as exc:
             self._failed(str(exc))
             raise
 
+    def _full(self, buf: Buffer, pos: int, end: int) -> S | Message:
+        msg = self._message(buf, pos, end)
+        convert = self._convert
+        if convert is not None and type(msg) is OpMsg:
+            return convert(msg)
+        return msg
+
     def _failed(self, reason: str) -> MongoProtocolError:
-        self._error = reason
+        self.error = reason
         self._buf = bytearray()  # a failed decoder holds nothing
+        self._data = None
         return MongoProtocolError(reason)
 
 
-def _hint(buf: bytearray) -> str:
+def _bad_length(length: int, buf: Buffer, pos: int) -> str:
+    return f"messageLength {length} is outside [16, {MAX_MESSAGE_SIZE}]{_hint(buf, pos)}"
+
+
+def _hint(buf: Buffer, pos: int) -> str:
     """Name the protocol the peer seems to speak instead, for the error message."""
-    if buf[0] == 0x16 and buf[1] == 0x03:
+    head = bytes(buf[pos : pos + 4])
+    if head.startswith(b"\x16\x03"):
         return " (looks like a TLS handshake: is the client using TLS to a plaintext port?)"
-    if bytes(buf[:4]) in (b"GET ", b"POST", b"PUT ", b"HEAD", b"HTTP", b"PRI ", b"DELE", b"OPTI"):
+    if head in (b"GET ", b"POST", b"PUT ", b"HEAD", b"HTTP", b"PRI ", b"DELE", b"OPTI"):
         return " (looks like HTTP)"
     return ""
 
@@ -205,7 +385,7 @@ _COMPRESSORS: Final = {int(c): c for c in Compressor}
 _COMPRESSED_PREFIX: Final = 9
 
 
-def _decode_frame(frame: bytes, decompress: bool) -> Message:
+def _decode_frame(frame: Buffer, decompress: bool) -> Message:
     length, request_id, response_to, op = _HEADER(frame, 0)
     op_code = _OPCODES[op]  # checked by the caller
     if op_code is OpCode.COMPRESSED:
@@ -214,7 +394,7 @@ def _decode_frame(frame: bytes, decompress: bool) -> Message:
     return _PARSERS[op_code](frame, HEADER_SIZE, length, head)
 
 
-def _decode_compressed(frame: bytes, request_id: int, response_to: int, decompress: bool) -> Message:
+def _decode_compressed(frame: Buffer, request_id: int, response_to: int, decompress: bool) -> Message:
     wire_size = len(frame)
     if wire_size < HEADER_SIZE + _COMPRESSED_PREFIX:
         raise MongoProtocolError(f"OP_COMPRESSED of {wire_size} bytes is shorter than its prefix")
@@ -303,7 +483,7 @@ def _need(pos: int, end: int, size: int, what: str) -> None:
         raise MongoProtocolError(f"{what}: truncated ({end - pos} bytes, need {size})")
 
 
-def _parse_msg(buf: bytes, pos: int, end: int, head: _Head) -> OpMsg:
+def _parse_msg(buf: Buffer, pos: int, end: int, head: _Head) -> OpMsg:
     _need(pos, end, 5, "OP_MSG")
     flag_bits = _U32(buf, pos)[0]
     if flag_bits & _MSG_UNKNOWN_REQUIRED_BITS:
@@ -345,7 +525,7 @@ def _parse_msg(buf: bytes, pos: int, end: int, head: _Head) -> OpMsg:
     return OpMsg(*head, flag_bits, summary, tuple(sequences), checksum, body)
 
 
-def _parse_query(buf: bytes, pos: int, end: int, head: _Head) -> OpQuery:
+def _parse_query(buf: Buffer, pos: int, end: int, head: _Head) -> OpQuery:
     _need(pos, end, 4, "OP_QUERY")
     flags = _I32(buf, pos)[0]
     name, pos = read_cstring(buf, pos + 4, end, "OP_QUERY fullCollectionName")
@@ -368,7 +548,7 @@ def _parse_query(buf: bytes, pos: int, end: int, head: _Head) -> OpQuery:
     return OpQuery(*head, name, flags, skip, limit, command, summary, view[query:query_end], selector)
 
 
-def _parse_reply(buf: bytes, pos: int, end: int, head: _Head) -> OpReply:
+def _parse_reply(buf: Buffer, pos: int, end: int, head: _Head) -> OpReply:
     _need(pos, end, 20, "OP_REPLY")
     flags, cursor_id, starting_from, number_returned = _REPLY(buf, pos)
     docs = pos + 20
@@ -380,7 +560,7 @@ def _parse_reply(buf: bytes, pos: int, end: int, head: _Head) -> OpReply:
     return OpReply(*head, flags, cursor_id, starting_from, number_returned, summary, documents)
 
 
-def _parse_update(buf: bytes, pos: int, end: int, head: _Head) -> OpUpdate:
+def _parse_update(buf: Buffer, pos: int, end: int, head: _Head) -> OpUpdate:
     _need(pos, end, 4, "OP_UPDATE")  # int32 ZERO
     name, pos = read_cstring(buf, pos + 4, end, "OP_UPDATE fullCollectionName")
     _need(pos, end, 4, "OP_UPDATE")
@@ -392,7 +572,7 @@ def _parse_update(buf: bytes, pos: int, end: int, head: _Head) -> OpUpdate:
     return OpUpdate(*head, name, flags, view[pos + 4 : selector_end], view[selector_end:update_end])
 
 
-def _parse_insert(buf: bytes, pos: int, end: int, head: _Head) -> OpInsert:
+def _parse_insert(buf: Buffer, pos: int, end: int, head: _Head) -> OpInsert:
     _need(pos, end, 4, "OP_INSERT")
     flags = _I32(buf, pos)[0]
     name, pos = read_cstring(buf, pos + 4, end, "OP_INSERT fullCollectionName")
@@ -400,7 +580,7 @@ def _parse_insert(buf: bytes, pos: int, end: int, head: _Head) -> OpInsert:
     return OpInsert(*head, name, flags, count, end - pos)
 
 
-def _parse_delete(buf: bytes, pos: int, end: int, head: _Head) -> OpDelete:
+def _parse_delete(buf: Buffer, pos: int, end: int, head: _Head) -> OpDelete:
     _need(pos, end, 4, "OP_DELETE")  # int32 ZERO
     name, pos = read_cstring(buf, pos + 4, end, "OP_DELETE fullCollectionName")
     _need(pos, end, 4, "OP_DELETE")
@@ -410,14 +590,14 @@ def _parse_delete(buf: bytes, pos: int, end: int, head: _Head) -> OpDelete:
     return OpDelete(*head, name, flags, memoryview(buf)[pos + 4 : selector_end])
 
 
-def _parse_get_more(buf: bytes, pos: int, end: int, head: _Head) -> OpGetMore:
+def _parse_get_more(buf: Buffer, pos: int, end: int, head: _Head) -> OpGetMore:
     _need(pos, end, 4, "OP_GET_MORE")  # int32 ZERO
     name, pos = read_cstring(buf, pos + 4, end, "OP_GET_MORE fullCollectionName")
     _expect_end(pos + 12, end, "OP_GET_MORE")
     return OpGetMore(*head, name, _I32(buf, pos)[0], _I64(buf, pos + 4)[0])
 
 
-def _parse_kill_cursors(buf: bytes, pos: int, end: int, head: _Head) -> OpKillCursors:
+def _parse_kill_cursors(buf: Buffer, pos: int, end: int, head: _Head) -> OpKillCursors:
     _need(pos, end, 8, "OP_KILL_CURSORS")  # int32 ZERO, int32 numberOfCursorIDs
     count = _I32(buf, pos + 4)[0]
     if count < 0 or end - pos != 8 + 8 * count:
@@ -426,7 +606,7 @@ def _parse_kill_cursors(buf: bytes, pos: int, end: int, head: _Head) -> OpKillCu
     return OpKillCursors(*head, ids)
 
 
-def _parse_command(buf: bytes, pos: int, end: int, head: _Head) -> OpCommand:
+def _parse_command(buf: Buffer, pos: int, end: int, head: _Head) -> OpCommand:
     database, pos = read_cstring(buf, pos, end, "OP_COMMAND database")
     name, pos = read_cstring(buf, pos, end, "OP_COMMAND commandName")
     metadata_end = check_document(buf, pos, end, "OP_COMMAND metadata")
@@ -436,7 +616,7 @@ def _parse_command(buf: bytes, pos: int, end: int, head: _Head) -> OpCommand:
     return OpCommand(*head, database, name, inputs, view[pos:metadata_end], view[metadata_end:args_end])
 
 
-def _parse_command_reply(buf: bytes, pos: int, end: int, head: _Head) -> OpCommandReply:
+def _parse_command_reply(buf: Buffer, pos: int, end: int, head: _Head) -> OpCommandReply:
     metadata_end = check_document(buf, pos, end, "OP_COMMANDREPLY metadata")
     reply_end = check_document(buf, metadata_end, end, "OP_COMMANDREPLY commandReply")
     outputs = count_documents(buf, reply_end, end, "OP_COMMANDREPLY outputDocs")
@@ -444,7 +624,7 @@ def _parse_command_reply(buf: bytes, pos: int, end: int, head: _Head) -> OpComma
     return OpCommandReply(*head, outputs, view[pos:metadata_end], view[metadata_end:reply_end])
 
 
-_PARSERS: Final[dict[OpCode, Callable[[bytes, int, int, _Head], Message]]] = {
+_PARSERS: Final[dict[OpCode, Callable[[Buffer, int, int, _Head], Message]]] = {
     OpCode.MSG: _parse_msg,
     OpCode.QUERY: _parse_query,
     OpCode.REPLY: _parse_reply,

@@ -1,10 +1,15 @@
 """mongo_proxy: a passive sniffer of MongoDB traffic, placed before tcp_proxy (envoy-subset.md §5.3).
 
-Per connection, ``on_data`` feeds a copy of the client's bytes to one ``MongoDecoder`` and
-``on_write`` feeds the server's bytes to another; decoded messages become stats
-(``operations.Classifier``), access-log lines and dynamic metadata. The filter returns CONTINUE
-and never changes, drops or reorders a byte. The one exception is the delay fault, which holds
-the client's bytes for a while (below).
+Per connection, ``on_data`` hands the client's bytes to one ``MongoDecoder`` and ``on_write`` the
+server's bytes to another (``summaries``: OP_MSG as ``fastpath`` tuples, other opcodes as
+messages); they become stats (``operations.Classifier``), access-log lines and dynamic metadata.
+The filter returns CONTINUE and never changes, drops or reorders a byte. The one exception is the
+delay fault, which holds the client's bytes for a while (below).
+
+Hot path (an OP_MSG request, then its reply, no access log / metadata / delay): the plan's
+counters, one dict entry in flight, then three histogram records and the gauge. Anything else
+(``extras``, ``moreToCome``, legacy opcodes) takes the general methods. With
+``log_query_values`` the decoders read every message in full, as the log needs the command.
 
 Rules:
 
@@ -39,11 +44,20 @@ from typing import TYPE_CHECKING, Final
 
 from filters.api import ConnectionEvent, FilterStatus, NetworkFilter, WorkerContext
 from filters.mongo_proxy.access_log import AccessLogWriter, LogEntry, open_writer, query_json
-from filters.mongo_proxy.codec import NEED_DATA, MongoDecoder
+from filters.mongo_proxy.codec import MongoDecoder
 from filters.mongo_proxy.config import MongoProxyConfig
+from filters.mongo_proxy.fastpath import (
+    REPLIES,
+    REQUESTS,
+    ReplySummary,
+    RequestSummary,
+    reply_summary,
+    request_summary,
+)
 from filters.mongo_proxy.messages import (
     MSG_MORE_TO_COME,
     Compressed,
+    Compressor,
     Message,
     MongoProtocolError,
     OpCommand,
@@ -77,7 +91,8 @@ _bug_logged = False
 class Shared:
     """What every connection of one filter config in one worker shares (built in ``build``)."""
 
-    __slots__ = ("classifier", "config", "delay", "slow_ms", "stats", "writer")
+    __slots__ = ("classifier", "config", "count_documents", "delay", "extras", "readers", "slow_ms", "stats",
+                 "writer")
 
     def __init__(self, config: MongoProxyConfig, stats: MongoStats, classifier: Classifier,
                  writer: AccessLogWriter | None) -> None:
@@ -88,6 +103,12 @@ class Shared:
         self.slow_ms = config.slow_operation_threshold * 1000.0
         delay = config.delay
         self.delay = delay if delay is not None and delay.numerator > 0 else None
+        # The fast path reads no values beyond what stats need; log_query_values logs the whole
+        # command, so it takes the full decoder (``OpMsg`` messages, summarised here).
+        self.readers = (None, None) if config.log_query_values else (REQUESTS, REPLIES)
+        self.count_documents = writer is not None  # request_docs is only logged
+        # Anything a request does beyond stats and waiting for its reply (the hot path skips it).
+        self.extras = writer is not None or config.emit_dynamic_metadata or self.delay is not None
 
 
 class MongoProxyFilter(NetworkFilter):
@@ -102,8 +123,12 @@ class MongoProxyFilter(NetworkFilter):
         self.writer = shared.writer
         self.delay = shared.delay
         self.emit_metadata = shared.config.emit_dynamic_metadata
-        self.requests: MongoDecoder | None = MongoDecoder()
-        self.replies: MongoDecoder | None = MongoDecoder()
+        self.extras = shared.extras
+        requests, replies = shared.readers
+        self.requests: MongoDecoder[RequestSummary] | None = MongoDecoder(
+            summaries=requests, count_documents=shared.count_documents
+        )
+        self.replies: MongoDecoder[ReplySummary] | None = MongoDecoder(summaries=replies)
         self.in_flight: dict[int, InFlight] = {}
         self.held: list[tuple[bytes, bool]] | None = None  # chunks queued behind a delay
         self.held_bytes = 0
@@ -117,86 +142,144 @@ class MongoProxyFilter(NetworkFilter):
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         if self.emit_metadata:
             self.dynamic_metadata.clear()
-        if self.held is not None:  # a delay is pending: queue behind it, still sniffing
-            if data and self.requests is not None:
-                self._sniff(self.requests, data, self._on_request)
+        decoder = self.requests
+        if data and decoder is not None:
+            try:
+                for item in decoder.summaries(data):
+                    if isinstance(item, tuple):  # an OP_MSG: every request of a modern driver
+                        self._on_msg_request(item, None)
+                    else:
+                        self._on_request(item)
+                if decoder.error is not None:
+                    raise MongoProtocolError(decoder.error)
+            except Exception as exc:  # a protocol error, or a bug: never reaches the connection
+                self._stop_sniffing(exc)
+        if self.held is not None:  # a delay is pending, or a request of this chunk started one
             self._hold(data, end_stream)
             return _STOP
-        if data and self.requests is not None:
-            self._sniff(self.requests, data, self._on_request)
-            if self.held is not None:  # a request of this chunk started a delay
-                self._hold(data, end_stream)
-                return _STOP
         return _CONTINUE
 
-    def _on_request(self, msg: Message) -> None:
+    def _on_msg_request(self, s: RequestSummary, msg: OpMsg | None) -> None:
+        """Count an OP_MSG request (``msg``: its full message, when the log needs the command)."""
         stats = self.stats
-        if msg.compressor is not None:
+        if s[6] is not None:
             stats.op_compressed.inc()
-        if type(msg) is OpMsg:  # the hot path: every request of a modern driver
-            plan, blocks = self.classifier.request(msg)
-            expects_reply = not msg.flag_bits & MSG_MORE_TO_COME
-            if not expects_reply:
-                stats.op_unacknowledged.inc()
-        elif isinstance(msg, OpReply | OpCommandReply):
+        plan, blocks = self.classifier.request(s)
+        unacknowledged = s[1] & MSG_MORE_TO_COME  # no reply will come
+        if unacknowledged:
+            stats.op_unacknowledged.inc()
+        if self.extras or unacknowledged:
+            entry = None
+            if self.writer is not None:
+                entry = self._log_entry(plan, s[0], s[5], s[7] or 0, s[6], bool(unacknowledged), msg)
+            self._requested(s[0], not unacknowledged, plan, blocks, entry)
+            return
+        # The hot path: _requested's in-flight part, inline.
+        in_flight = self.in_flight
+        request_id = s[0]
+        if request_id in in_flight:  # a reused id: the newer request wins
+            in_flight[request_id] = (_monotonic(), blocks, None)
+        elif len(in_flight) < MAX_IN_FLIGHT:
+            in_flight[request_id] = (_monotonic(), blocks, None)
+            stats.op_query_active.inc()
+
+    def _on_request(self, msg: Message) -> None:
+        """Count a request decoded in full: legacy opcodes, or an OP_MSG without the fast path."""
+        if type(msg) is OpMsg:
+            self._on_msg_request(request_summary(msg), msg)
+            return
+        if isinstance(msg, OpReply | OpCommandReply):
             raise MongoProtocolError(f"the client sent a reply ({msg.op_code.name})")
-        else:
-            plan, blocks = self.classifier.request(msg)
-            expects_reply = isinstance(msg, OpQuery | OpGetMore | OpCommand | Compressed)
+        if msg.compressor is not None:
+            self.stats.op_compressed.inc()
+        plan, blocks = self.classifier.request(msg)
+        expects_reply = isinstance(msg, OpQuery | OpGetMore | OpCommand | Compressed)
         entry = None
-        writer = self.writer
-        if writer is not None:
-            entry = self._log_entry(msg, plan)
-            if not expects_reply and self.shared.slow_ms <= 0.0:
-                writer.write(entry.line(None))
+        if self.writer is not None:
+            entry = self._log_entry(plan, msg.request_id, msg.wire_size, 0, msg.compressor, False, msg)
+        self._requested(msg.request_id, expects_reply, plan, blocks, entry)
+
+    def _requested(self, request_id: int, expects_reply: bool, plan: Plan, blocks: tuple[CommandStats, ...],
+                   entry: LogEntry | None) -> None:
+        """What every request does after its stats: log, wait for the reply, metadata, delay."""
         if expects_reply:
             in_flight = self.in_flight
-            request_id = msg.request_id
             if request_id in in_flight:  # a reused id: the newer request wins
                 in_flight[request_id] = (_monotonic(), blocks, entry)
             elif len(in_flight) < MAX_IN_FLIGHT:
                 in_flight[request_id] = (_monotonic(), blocks, entry)
-                stats.op_query_active.inc()
+                self.stats.op_query_active.inc()
+        elif entry is not None and self.shared.slow_ms <= 0.0:
+            assert self.writer is not None
+            self.writer.write(entry.line(None))
         if self.emit_metadata and plan.metadata_op:
             resource = f"{plan.database}.{plan.collection}"
             self.dynamic_metadata.setdefault(resource, []).append(plan.metadata_op)
         delay = self.delay
         if delay is not None and self.held is None and random.randrange(delay.denominator) < delay.numerator:
             self.held = []
-            stats.delays_injected.inc()
+            self.stats.delays_injected.inc()
             self.delay_timer = self.callbacks.loop.call_later(delay.fixed_delay, self._release)
 
     # ----- upstream -> downstream -----------------------------------------------------------------
 
     def on_write(self, data: bytes, end_stream: bool) -> FilterStatus:
-        if data and self.replies is not None:
-            self._sniff(self.replies, data, self._on_reply)
+        decoder = self.replies
+        if data and decoder is not None:
+            try:
+                for item in decoder.summaries(data):
+                    if isinstance(item, tuple):
+                        self._on_msg_reply(item)
+                    else:
+                        self._on_reply(item)
+                if decoder.error is not None:
+                    raise MongoProtocolError(decoder.error)
+            except Exception as exc:  # as in on_data
+                self._stop_sniffing(exc)
         return _CONTINUE
 
+    def _on_msg_reply(self, s: ReplySummary) -> None:
+        response_to, request_id, flags, size, ok, code, errmsg, cursor_id, docs, compressor = s
+        stats = self.stats
+        if compressor is not None:
+            stats.op_compressed.inc()
+        stats.op_reply.inc()
+        if cursor_id:
+            stats.op_reply_valid_cursor.inc()
+        success = True
+        if ok == 0.0:
+            success = False
+            stats.op_reply_query_failure.inc()
+            if code == CURSOR_NOT_FOUND:
+                stats.op_reply_cursor_not_found.inc()
+        if docs is None:
+            docs = 1  # the reply document itself
+        request = self.in_flight.pop(response_to, None)
+        if request is None:
+            return
+        start, blocks, entry = request
+        more_to_come = flags & MSG_MORE_TO_COME  # an exhaust cursor: the next reply answers this one
+        if entry is not None or more_to_come:
+            self._replied(request, request_id, bool(more_to_come), size, docs, success, code, errmsg)
+            return
+        # The hot path: _replied without the exhaust and log cases, inline.
+        ms = (_monotonic() - start) * 1000.0
+        for block in blocks:
+            block.reply_num_docs.record(docs)
+            block.reply_size.record(size)
+            block.reply_time_ms.record(ms)
+        stats.op_query_active.dec()
+
     def _on_reply(self, msg: Message) -> None:
+        """Count a reply decoded in full: legacy opcodes, or an OP_MSG without the fast path."""
+        if type(msg) is OpMsg:
+            self._on_msg_reply(reply_summary(msg))
+            return
         stats = self.stats
         if msg.compressor is not None:
             stats.op_compressed.inc()
-        more_to_come = False
         ok = True
-        code = None
-        if type(msg) is OpMsg:
-            stats.op_reply.inc()
-            summary = msg.summary
-            if summary.cursor_id:
-                stats.op_reply_valid_cursor.inc()
-            if summary.ok == 0.0:
-                ok = False
-                stats.op_reply_query_failure.inc()
-                code = summary.code
-                if code == CURSOR_NOT_FOUND:
-                    stats.op_reply_cursor_not_found.inc()
-            size = summary.size + sum(s.size for s in msg.sequences) if msg.sequences else summary.size
-            docs = summary.num_docs
-            if docs is None:
-                docs = 1  # the reply document itself
-            more_to_come = bool(msg.flag_bits & MSG_MORE_TO_COME)
-        elif isinstance(msg, OpReply):
+        if isinstance(msg, OpReply):
             stats.op_reply.inc()
             if msg.cursor_id:
                 stats.op_reply_valid_cursor.inc()
@@ -215,8 +298,12 @@ class MongoProxyFilter(NetworkFilter):
         else:
             raise MongoProtocolError(f"the server sent a request ({msg.op_code.name})")
         request = self.in_flight.pop(msg.response_to, None)
-        if request is None:
-            return
+        if request is not None:
+            self._replied(request, msg.request_id, False, size, docs, ok, None, None)
+
+    def _replied(self, request: InFlight, request_id: int, more_to_come: bool, size: int, docs: int, ok: bool,
+                 code: int | None, errmsg: str | None) -> None:
+        """Charge a reply to its request (taken out of ``in_flight``): histograms, then the log."""
         start, blocks, entry = request
         now = _monotonic()
         ms = (now - start) * 1000.0
@@ -225,11 +312,11 @@ class MongoProxyFilter(NetworkFilter):
             block.reply_size.record(size)
             block.reply_time_ms.record(ms)
         if more_to_come and len(self.in_flight) < MAX_IN_FLIGHT:  # the next reply answers this one
-            self.in_flight[msg.request_id] = (now, blocks, entry)
+            self.in_flight[request_id] = (now, blocks, entry)
         else:
-            stats.op_query_active.dec()
+            self.stats.op_query_active.dec()
         if entry is not None:
-            self._log_reply(entry, msg, ms, size, docs, ok, code)
+            self._log_reply(entry, ms, size, docs, ok, code, errmsg)
 
     # ----- connection events --------------------------------------------------------------------
 
@@ -251,25 +338,13 @@ class MongoProxyFilter(NetworkFilter):
 
     # ----- internals ------------------------------------------------------------------------------
 
-    def _sniff(self, decoder: MongoDecoder, data: bytes, handle: Callable[[Message], None]) -> None:
-        """Decode every complete message of ``data``; stop sniffing on any error."""
-        decoder.feed(data)
-        try:
-            msg = decoder.next_message()
-            while msg is not NEED_DATA:
-                handle(msg)
-                msg = decoder.next_message()
-        except MongoProtocolError as exc:
-            self._stop_sniffing(exc)
-        except Exception as exc:  # a meshproxy bug: must never reach the connection
+    def _stop_sniffing(self, exc: Exception) -> None:
+        if not isinstance(exc, MongoProtocolError):  # a meshproxy bug: logged once per worker
             global _bug_logged
             if not _bug_logged:
                 _bug_logged = True
-                log.exception("mongo_proxy: unexpected error while sniffing; decoding stops for the "
-                              "connection (logged once per worker)")
-            self._stop_sniffing(exc)
-
-    def _stop_sniffing(self, exc: Exception) -> None:
+                log.error("mongo_proxy: unexpected error while sniffing; decoding stops for the "
+                          "connection (logged once per worker)", exc_info=exc)
         if self.requests is None:
             return
         self.requests = self.replies = None
@@ -303,16 +378,16 @@ class MongoProxyFilter(NetworkFilter):
                 return
             self.callbacks.inject_read_data(data, end_stream, after=self)
 
-    def _log_entry(self, msg: Message, plan: Plan) -> LogEntry:
+    def _log_entry(self, plan: Plan, request_id: int, size: int, docs: int, compressor: Compressor | None,
+                   more_to_come: bool, msg: Message | None) -> LogEntry:
         info = self.callbacks.info
         host, port = info.remote_address
         ns = f"{plan.database}.{plan.collection}" if plan.collection else plan.database
         fields: dict[str, object] = {
             "connection": info.id, "downstream": f"{host}:{port}", "op": plan.op, "command": plan.command,
-            "ns": ns, "request_id": msg.request_id, "request_size": msg.wire_size,
-            "request_docs": sum(s.count for s in msg.sequences) if type(msg) is OpMsg else 0,
-            "compressor": msg.compressor.name.lower() if msg.compressor is not None else None,
-            "more_to_come": type(msg) is OpMsg and msg.more_to_come,
+            "ns": ns, "request_id": request_id, "request_size": size, "request_docs": docs,
+            "compressor": compressor.name.lower() if compressor is not None else None,
+            "more_to_come": more_to_come,
         }
         if self.shared.config.log_query_values and isinstance(msg, OpMsg | OpQuery):
             try:
@@ -321,8 +396,8 @@ class MongoProxyFilter(NetworkFilter):
                 fields["query"] = None
         return LogEntry(fields)
 
-    def _log_reply(self, entry: LogEntry, msg: Message, ms: float, size: int, docs: int, ok: bool,
-                   code: int | None) -> None:
+    def _log_reply(self, entry: LogEntry, ms: float, size: int, docs: int, ok: bool, code: int | None,
+                   errmsg: str | None) -> None:
         shared = self.shared
         if ms < shared.slow_ms:
             return
@@ -330,8 +405,8 @@ class MongoProxyFilter(NetworkFilter):
             self.stats.slow_operation.inc()
         reply: dict[str, object] = {"reply_time_ms": round(ms, 3), "reply_size": size, "reply_docs": docs,
                                     "ok": ok, "error_code": code}
-        if shared.config.log_query_values and type(msg) is OpMsg and msg.summary.errmsg is not None:
-            reply["errmsg"] = msg.summary.errmsg
+        if shared.config.log_query_values and errmsg is not None:
+            reply["errmsg"] = errmsg
         assert shared.writer is not None
         shared.writer.write(entry.line(reply))
 

@@ -6,8 +6,8 @@ histograms its reply feeds. Plans are cached (bounded; a plan that hit ``max_sta
 not, so that ``stats_overflow`` counts requests), so the hot path for a known shape is one dict
 lookup and a few ``inc()`` calls. For a query, the fields Envoy reads per request (the filter's
 ``_id``, ``maxTimeMS``, the cursor options, the ``comment`` callsite) come from the decoder's
-``DocSummary``, read during its own walk of the command; only legacy OP_QUERY bodies are walked
-here.
+``RequestSummary`` (``fastpath``), read while the command was framed; only legacy OP_QUERY
+bodies are walked here.
 
 The mapping (docs/mongo.md has the full table):
 
@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from filters.mongo_proxy.fastpath import RequestSummary, request_summary
 from filters.mongo_proxy.messages import (
     FIND_AWAIT_DATA,
     FIND_NO_CURSOR_TIMEOUT,
@@ -106,24 +107,29 @@ class Classifier:
         self._plans: dict[tuple[int, str, str | None, str | None], Plan] = {}
         self._msg_plans: dict[tuple[str, str | None, str | None], Plan] = {}  # OP_MSG, the hot path
 
-    def request(self, msg: Message) -> tuple[Plan, tuple[CommandStats, ...]]:
-        """Count ``msg`` (a message from the client) and return (plan, blocks for its reply)."""
-        if type(msg) is not OpMsg:
-            return self._legacy(msg)
-        summary = msg.summary
-        plan = self._msg_plans.get((summary.command, summary.collection, summary.database))
+    def request(self, msg: RequestSummary | Message) -> tuple[Plan, tuple[CommandStats, ...]]:
+        """Count a request from the client and return (plan, blocks for its reply).
+
+        An OP_MSG comes as its ``RequestSummary`` (the hot path: one dict lookup for the plan,
+        then ``inc()`` calls); an ``OpMsg`` is summarised first, other messages are legacy.
+        """
+        if not isinstance(msg, tuple):
+            if type(msg) is not OpMsg:
+                return self._legacy(msg)
+            msg = request_summary(msg)
+        key = (msg[2], msg[3], msg[4])  # command, collection, database
+        plan = self._msg_plans.get(key)
         if plan is None:
-            plan = self._plan(OpCode.MSG, summary.command, summary.database, summary.collection)
+            plan = self._plan(OpCode.MSG, msg[2], msg[4], msg[3])
             if plan.complete and len(self._msg_plans) < MAX_PLANS:
-                self._msg_plans[(summary.command, summary.collection, summary.database)] = plan
+                self._msg_plans[key] = plan
         for counter in plan.counters:
             counter.inc()
         if not plan.is_query:
             return plan, plan.stats
-        if msg.flag_bits & MSG_EXHAUST_ALLOWED:
+        if msg[1] & MSG_EXHAUST_ALLOWED:
             self.stats.op_query_exhaust.inc()
-        return plan, self._charge_query(plan, summary.filter_id_type, summary.max_time_ms,
-                                        summary.cursor_options, summary.comment)
+        return plan, self._charge_query(plan, msg[10], msg[8], msg[9], msg[11])
 
     # ----- plans ---------------------------------------------------------------------------------
 

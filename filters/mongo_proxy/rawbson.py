@@ -21,8 +21,9 @@ The walk costs somewhat more than the C decoder while documents are small and st
 grow (its cost follows the number of top-level and batch elements, not the bytes), which is what
 a sniffer of arbitrary traffic needs.
 
-Every function takes ``bytes`` plus offsets (no slicing copies) and raises only
-``MongoProtocolError``.
+Every function takes a ``Buffer`` (``bytes``, or a ``bytearray`` nobody writes to any more) plus
+offsets (no slicing copies) and raises only ``MongoProtocolError``. ``fastpath`` reads the common
+layouts faster still, and uses this module for the rest.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from filters.mongo_proxy.messages import (
     DocSummary,
     MongoProtocolError,
 )
+
+Buffer = bytes | bytearray  # a frame: a received chunk, or a buffer the decoder no longer writes to
 
 _I32 = struct.Struct("<i").unpack_from
 _I64 = struct.Struct("<q").unpack_from
@@ -61,14 +64,14 @@ FIND_OPTIONS: Final = {b"tailable": FIND_TAILABLE, b"awaitData": FIND_AWAIT_DATA
                        b"noCursorTimeout": FIND_NO_CURSOR_TIMEOUT}
 
 
-def utf8(raw: bytes, what: str) -> str:
+def utf8(raw: Buffer, what: str) -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
         raise MongoProtocolError(f"{what}: invalid UTF-8") from None
 
 
-def read_cstring(buf: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
+def read_cstring(buf: Buffer, pos: int, end: int, what: str) -> tuple[str, int]:
     """The NUL-terminated UTF-8 string at ``pos`` (before ``end``) and the offset after it."""
     nul = buf.find(0, pos, end)
     if nul < 0:
@@ -76,7 +79,7 @@ def read_cstring(buf: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
     return utf8(buf[pos:nul], what), nul + 1
 
 
-def check_document(buf: bytes, pos: int, end: int, what: str) -> int:
+def check_document(buf: Buffer, pos: int, end: int, what: str) -> int:
     """Check the framing of the BSON document at ``pos`` (it must end by ``end``); return its end."""
     if end - pos < 5:
         raise MongoProtocolError(f"{what}: truncated BSON document ({end - pos} bytes left)")
@@ -89,7 +92,7 @@ def check_document(buf: bytes, pos: int, end: int, what: str) -> int:
     return stop
 
 
-def count_documents(buf: bytes, pos: int, end: int, what: str) -> int:
+def count_documents(buf: Buffer, pos: int, end: int, what: str) -> int:
     """Count the back-to-back documents filling ``buf[pos:end]`` exactly (framing only)."""
     count = 0
     while pos < end:
@@ -98,7 +101,7 @@ def count_documents(buf: bytes, pos: int, end: int, what: str) -> int:
     return count
 
 
-def _string_end(buf: bytes, pos: int, end: int) -> int:
+def _string_end(buf: Buffer, pos: int, end: int) -> int:
     if end - pos < 5:
         raise MongoProtocolError("truncated BSON string")
     length = _I32(buf, pos)[0]
@@ -108,7 +111,7 @@ def _string_end(buf: bytes, pos: int, end: int) -> int:
     return stop
 
 
-def _value_end(buf: bytes, kind: int, pos: int, end: int) -> int:
+def value_end(buf: Buffer, kind: int, pos: int, end: int) -> int:
     """End of the value of type ``kind`` at ``pos``; it must not pass ``end``."""
     size = _FIXED_SIZE.get(kind)
     if size is not None:
@@ -141,7 +144,7 @@ def _value_end(buf: bytes, kind: int, pos: int, end: int) -> int:
 
 
 def scan(
-    buf: bytes, start: int, stop: int, wanted: frozenset[bytes]
+    buf: Buffer, start: int, stop: int, wanted: frozenset[bytes]
 ) -> tuple[tuple[bytes, Element] | None, dict[bytes, Element]]:
     """Walk the top level of the document ``buf[start:stop]`` (framing already checked).
 
@@ -157,10 +160,11 @@ def scan(
         nul = find(0, pos + 1, end)
         if nul < 0:
             raise MongoProtocolError("unterminated BSON key")
-        key = buf[pos + 1 : nul]
+        raw = buf[pos + 1 : nul]
+        key = raw if type(raw) is bytes else bytes(raw)  # a bytearray's slices are unhashable
         value = nul + 1
         # The common cases inline (the hot loop of every decode); anything else, or anything that
-        # fails a check, takes the long way through _value_end, which raises the precise error.
+        # fails a check, takes the long way through value_end, which raises the precise error.
         size = fixed.get(kind)
         if size is not None and value + size <= end:
             pos = value + size
@@ -169,15 +173,15 @@ def scan(
             if 5 <= length <= end - value and not buf[value + length - 1]:
                 pos = value + length
             else:
-                pos = _value_end(buf, kind, value, end)
+                pos = value_end(buf, kind, value, end)
         elif kind == _STRING:  # int32 length (the NUL included), UTF-8, NUL
             length = i32(buf, value)[0] if end - value >= 5 else 0
             if 1 <= length <= end - value - 4 and not buf[value + 3 + length]:
                 pos = value + 4 + length
             else:
-                pos = _value_end(buf, kind, value, end)
+                pos = value_end(buf, kind, value, end)
         else:
-            pos = _value_end(buf, kind, value, end)
+            pos = value_end(buf, kind, value, end)
         if first is None:
             first = (key, (kind, value, pos))
         if key in wanted and key not in found:
@@ -185,7 +189,7 @@ def scan(
     return first, found
 
 
-def count_elements(buf: bytes, start: int, stop: int) -> int:
+def count_elements(buf: Buffer, start: int, stop: int) -> int:
     """Number of top-level elements of the document (or array) ``buf[start:stop]``."""
     end = stop - 1
     pos = start + 4
@@ -203,12 +207,12 @@ def count_elements(buf: bytes, start: int, stop: int) -> int:
                 pos = value + length
                 count += 1
                 continue
-        pos = _value_end(buf, kind, value, end)
+        pos = value_end(buf, kind, value, end)
         count += 1
     return count
 
 
-def first_element(buf: bytes, start: int = 0) -> tuple[str, str | None]:
+def first_element(buf: Buffer, start: int = 0) -> tuple[str, str | None]:
     """Key of the first element of the document at ``buf[start:]``, and its value if a string.
 
     O(size of the first element): how a command name ("find") and its collection ("users") are
@@ -220,18 +224,18 @@ def first_element(buf: bytes, start: int = 0) -> tuple[str, str | None]:
         return "", None
     kind = buf[pos]
     key, value = read_cstring(buf, pos + 1, stop - 1, "BSON key")
-    value_end = _value_end(buf, kind, value, stop - 1)
-    return key, string_value(buf, (kind, value, value_end))
+    stop = value_end(buf, kind, value, stop - 1)
+    return key, string_value(buf, (kind, value, stop))
 
 
-def string_value(buf: bytes, element: Element | None) -> str | None:
+def string_value(buf: Buffer, element: Element | None) -> str | None:
     if element is None or element[0] != _STRING:
         return None
     _, start, stop = element
     return utf8(buf[start + 4 : stop - 1], "BSON string")
 
 
-def number_value(buf: bytes, element: Element | None) -> float | int | None:
+def number_value(buf: Buffer, element: Element | None) -> float | int | None:
     """An int32 / int64 / double / bool value; ``None`` for any other type."""
     if element is None:
         return None
@@ -247,7 +251,7 @@ def number_value(buf: bytes, element: Element | None) -> float | int | None:
     return None
 
 
-def int_value(buf: bytes, element: Element | None) -> int | None:
+def int_value(buf: Buffer, element: Element | None) -> int | None:
     value = number_value(buf, element)
     if isinstance(value, float):
         return int(value) if math.isfinite(value) else None
@@ -262,7 +266,7 @@ _CURSOR_KEYS: Final = frozenset({b"id", b"firstBatch", b"nextBatch"})
 _ID: Final = frozenset({b"_id"})
 
 
-def _id_type(buf: bytes, start: int, stop: int) -> int:
+def filter_id_type(buf: Buffer, start: int, stop: int) -> int:
     """BSON type of ``_id`` in the nested document ``buf[start:stop]``, 0 if absent.
 
     Nested documents are only framed by the decoder (see the module docstring), so garbage in
@@ -276,7 +280,7 @@ def _id_type(buf: bytes, start: int, stop: int) -> int:
     return element[0] if element is not None else 0
 
 
-def summarize(buf: bytes, start: int, stop: int) -> DocSummary:
+def summarize(buf: Buffer, start: int, stop: int) -> DocSummary:
     """Read a ``DocSummary`` from the document ``buf[start:stop]`` (framing already checked).
 
     This runs for every message: a value is converted only when its key is present.
@@ -323,7 +327,7 @@ def summarize(buf: bytes, start: int, stop: int) -> DocSummary:
                     options |= bit
             query_filter = get(b"filter")
             if query_filter is not None and query_filter[0] == _DOCUMENT:
-                id_type = _id_type(buf, query_filter[1], query_filter[2])
+                id_type = filter_id_type(buf, query_filter[1], query_filter[2])
     return DocSummary(  # positional: this runs for every message
         stop - start,  # size
         command,

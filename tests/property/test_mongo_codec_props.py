@@ -1,4 +1,5 @@
-"""Properties of MongoDecoder: only messages or MongoProtocolError, split-independence, round-trips."""
+"""Properties of MongoDecoder: only messages or MongoProtocolError, split-independence, round-trips,
+and its OP_MSG summaries (the fast path) agreeing with the full decoder."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import bson
 from bson import Int64
@@ -13,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from filters.mongo_proxy.codec import NEED_DATA, MongoDecoder
+from filters.mongo_proxy.fastpath import REPLIES, REQUESTS, SummaryReader
 from filters.mongo_proxy.messages import (
     Compressor,
     Message,
@@ -270,3 +273,94 @@ def test_first_element_agrees_with_bson(document: dict[str, object]):
 def test_first_element_on_garbage_raises_only_protocol_errors(raw: bytes):
     with contextlib.suppress(MongoProtocolError):
         first_element(raw)
+
+
+# -- the OP_MSG fast path (MongoDecoder.summaries) agrees with the full decoder ---------------------
+
+id_values = st.one_of(scalars, st.dictionaries(st.sampled_from(["$in", "$gt"]), values, max_size=1),
+                      st.builds(bson.ObjectId))
+option_values = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), names, st.none(),
+                          st.integers(-(2**63), 2**63 - 1).map(Int64))
+
+
+@st.composite
+def find_commands(draw: st.DrawFn) -> bytes:
+    """A find as drivers send it (filter second, $db last) or shuffled, with any of Envoy's fields."""
+    fields: list[tuple[str, object]] = []
+    if draw(st.booleans()):
+        query = draw(documents)
+        if draw(st.booleans()):  # an _id first (a point lookup), or anywhere
+            id_first = draw(st.booleans())
+            query = {"_id": draw(id_values), **query} if id_first else {**query, "_id": draw(id_values)}
+        fields.append(("filter", query))
+    for key in draw(st.lists(st.sampled_from(["maxTimeMS", "tailable", "awaitData", "noCursorTimeout",
+                                              "comment", "$comment"]), unique=True)):
+        fields.append((key, draw(option_values)))
+    fields += list(draw(documents).items())
+    if draw(st.booleans()):
+        fields = draw(st.permutations(fields))
+    body = {"find": draw(names | st.integers(0, 3)), **dict(fields)}
+    if draw(st.booleans()):
+        body["$db"] = draw(names)
+    if draw(st.booleans()):
+        body = {**body, "lsid": {"id": bson.Binary(draw(st.binary(min_size=16, max_size=16)), 4)}}
+    payload = struct.pack("<I", draw(st.sampled_from([0, 2, 1 << 16]))) + b"\x00" + bson.encode(body)
+    return frame(2013, payload, draw(int32), 0)
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> bytes:
+    """A reply shaped as servers send them (cursor, n or ok first), or not, with extra fields."""
+    batch = draw(st.lists(documents, max_size=12) | st.lists(values, max_size=4))
+    cursor: dict[str, object] = {draw(st.sampled_from(["firstBatch", "nextBatch"])): batch,
+                                 "id": draw(st.integers(-(2**63), 2**63 - 1).map(Int64) | st.integers(0, 9)),
+                                 "ns": draw(names)}
+    if draw(st.booleans()):
+        cursor = dict(draw(st.permutations(list(cursor.items()))))
+    first = draw(st.sampled_from(["cursor", "n", "ok", "other"]))
+    body: dict[str, object] = {}
+    if first == "cursor":
+        body["cursor"] = cursor
+    elif first == "n":
+        body["n"] = draw(st.integers(0, 100) | st.floats(allow_nan=False))
+    body["ok"] = draw(st.sampled_from([1.0, 1, 0.0, 0, True]) | option_values)
+    if draw(st.booleans()):
+        body["errmsg"], body["code"] = draw(names), draw(st.integers(0, 100))
+    body.update(draw(documents))
+    payload = struct.pack("<I", draw(st.sampled_from([0, 2]))) + b"\x00" + bson.encode(body)
+    return frame(2013, payload, draw(int32), draw(int32))
+
+
+def full_summaries(data: bytes, reader: SummaryReader[Any]) -> tuple[list[object], str | None, int]:
+    out, error, left = run([data])
+    return [reader.convert(m) if isinstance(m, OpMsg) else m for m in out], error, left
+
+
+def run_summaries(chunks: list[bytes], reader: SummaryReader[Any]) -> tuple[list[object], str | None, int]:
+    decoder = MongoDecoder(summaries=reader)
+    out: list[object] = []
+    for chunk in chunks:
+        out += decoder.summaries(chunk)
+    return out, decoder.error, decoder.buffered
+
+
+@SETTINGS
+@given(st.lists(st.one_of(messages, find_commands(), replies()), min_size=1, max_size=4),
+       st.lists(st.integers(0, 10_000), max_size=6), st.sampled_from([REQUESTS, REPLIES]))
+def test_summaries_agree_with_the_full_decoder(frames: list[Any], cuts: list[int], reader: Any) -> None:
+    data = b"".join(f.data if isinstance(f, Expected) else f for f in frames)
+    expected = full_summaries(data, reader)
+    assert expected[1] is None
+    assert run_summaries([data], reader) == expected
+    assert run_summaries(split(data, cuts), reader) == expected
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=300), mutated()), st.lists(st.integers(0, 10_000), max_size=8),
+       st.sampled_from([REQUESTS, REPLIES]))
+def test_summaries_of_any_bytes_do_not_depend_on_the_split(data: bytes, cuts: list[int], reader: Any) -> None:
+    whole = run_summaries([data], reader)  # never raises: a protocol error ends the list
+    assert run_summaries(split(data, cuts), reader) == whole
+    assert run_summaries([data[i : i + 1] for i in range(len(data))], reader) == whole
+    if whole[1] is not None:
+        assert whole[2] == 0
