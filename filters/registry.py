@@ -49,7 +49,7 @@ class FilterType:
     name: str
     message: str
     parse: Callable[[dict, ParseContext], object]
-    build: Callable[[object, object], Callable[[], NetworkFilter]]
+    build: Callable[..., Callable[[], NetworkFilter]]  # (its config, WorkerContext)
     terminal: bool = False
 
 
