@@ -150,6 +150,7 @@ class WorkerContext(Protocol):
     loop: asyncio.AbstractEventLoop
     stats: Any
     clusters: Any
+    host_shared: Any  # the host-wide rate-limit region (filters/local_ratelimit/shared_bucket.py)
 
     def connect_upstream(self, cluster: Any, host: Any, owner: UpstreamCallbacks,
                          done: Callable[[Upstream | None, str], None]) -> ConnectHandle: ...
