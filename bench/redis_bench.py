@@ -35,12 +35,9 @@ for tcp_bench, whose helpers this file reuses.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import benchlib
 import tcp_bench
 import worker_profile
 import yaml
@@ -97,31 +95,13 @@ METRICS: Final = tuple(test for w in WORKLOADS for test in w.tests)
 
 def ensure_tools() -> None:
     """Install the Debian packages of any missing tool; ``apt-get update`` only when needed."""
-    packages = [pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary) is None]
-    if not packages:
-        return
-    print(f"installing {' '.join(packages)} with apt-get", flush=True)
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "--no-install-recommends", *packages]
-    if subprocess.run(install, env=env, timeout=900).returncode != 0:  # stale package lists
-        subprocess.run([*sudo, "apt-get", "update"], check=True, env=env, timeout=600)
-        subprocess.run(install, check=True, env=env, timeout=900)
+    benchlib.apt_install(benchlib.missing_packages(APT_PACKAGES))
 
 
 def machine_lines() -> list[str]:
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    first = tcp_bench.first_line
-    return [
-        f"machine: {len(os.sched_getaffinity(0))} CPUs ({cpu}), Linux {os.uname().release}",
-        f"python: {sys.version.split()[0]}",
-        f"meshproxy: {first([sys.executable, '-m', 'meshproxy', '--version'])}",
-        f"redis: {first(['redis-server', '--version'])}",
-        f"redis-benchmark: {first(['redis-benchmark', '--version'])}",
-        f"twemproxy: {first(['nutcracker', '--version'])}",
-    ]
+    return benchlib.machine_lines({
+        "redis": ["redis-server", "--version"], "redis-benchmark": ["redis-benchmark", "--version"],
+        "twemproxy": ["nutcracker", "--version"]})
 
 
 # ----- talking to redis (RESP, no client library) -------------------------------------------
@@ -465,7 +445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated proxies among {','.join(PROXIES)}; direct is always measured")
     parser.add_argument("--quiet-wait", type=float, default=None,
                         help="before each workload, wait up to this many seconds for other load to drop "
-                             f"under {tcp_bench.QUIET_BUSY:.0%} of the CPUs (default 60; 0 with --quick)")
+                             f"under {tcp_bench.QUIET_BUSY * 100:.0f}%% of the CPUs "
+                             "(default 60; 0 with --quick)")
     parser.add_argument("--profile", action="store_true", help="afterwards, py-spy meshproxy's workers")
     parser.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
     args = parser.parse_args(argv)

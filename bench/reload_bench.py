@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import re
 import shutil
 import signal
@@ -71,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import benchlib
 import yaml
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -96,39 +96,13 @@ PAGE: Final = "<html><body>" + "meshproxy reload benchmark. " * 21 + "</body></h
 
 def ensure_tools() -> None:
     """Install the Debian packages of missing tools; ``apt-get update`` only when needed."""
-    missing = sorted({pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary) is None})
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get", flush=True)
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "update"], check=True, env=env, timeout=600)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "--no-install-recommends", *missing],
-                   check=True, env=env, timeout=900)
-
-
-def first_line(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unavailable ({exc})"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if lines else "?"
+    benchlib.apt_install(benchlib.missing_packages(APT_PACKAGES))
 
 
 def machine_lines() -> list[str]:
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return [
-        f"machine: {len(os.sched_getaffinity(0))} CPUs ({cpu}), Linux {platform.release()}",
-        f"python: {sys.version.split()[0]}",
-        f"meshproxy: {first_line([sys.executable, '-m', 'meshproxy', '--version'])}",
-        f"haproxy: {first_line(['haproxy', '-v'])}",
-        f"nginx: {first_line(['nginx', '-v'])}",
-        f"redis: {first_line(['redis-server', '--version'])}",
-        f"wrk: {first_line(['wrk', '-v'])}",
-    ]
+    return benchlib.machine_lines({
+        "haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "redis": ["redis-server", "--version"],
+        "wrk": ["wrk", "-v"]})
 
 
 def load_average() -> str:

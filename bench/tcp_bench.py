@@ -41,7 +41,6 @@ import functools
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -56,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import benchlib
 import worker_profile
 import yaml
 
@@ -85,7 +85,7 @@ APT_PACKAGES: Final = {
 
 
 def missing_packages() -> list[str]:
-    packages = [pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary) is None]
+    packages = benchlib.missing_packages(APT_PACKAGES)
     if not NGINX_STREAM_MODULE.exists() and not nginx_has_static_stream():
         packages.append("libnginx-mod-stream")
     return packages
@@ -100,42 +100,13 @@ def nginx_has_static_stream() -> bool:
 
 def ensure_tools() -> None:
     """Install the Debian packages of any missing tool; ``apt-get update`` only when needed."""
-    packages = missing_packages()
-    if not packages:
-        return
-    print(f"installing {' '.join(packages)} with apt-get", flush=True)
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "update"], check=True, env=env, timeout=600)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "--no-install-recommends", *packages],
-                   check=True, env=env, timeout=900)
-
-
-def first_line(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unavailable ({exc})"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if lines else "?"
+    benchlib.apt_install(missing_packages())
 
 
 def machine_lines() -> list[str]:
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return [
-        f"machine: {len(os.sched_getaffinity(0))} CPUs ({cpu}), Linux {platform.release()}",
-        f"python: {sys.version.split()[0]}",
-        f"meshproxy: {first_line([sys.executable, '-m', 'meshproxy', '--version'])}",
-        f"redis: {first_line(['redis-server', '--version'])}",
-        f"haproxy: {first_line(['haproxy', '-v'])}",
-        f"nginx: {first_line(['nginx', '-v'])}",
-        f"iperf3: {first_line(['iperf3', '--version'])}",
-    ]
-
-
-# ----- processes ----------------------------------------------------------------------------
+    return benchlib.machine_lines({
+        "redis": ["redis-server", "--version"], "haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"],
+        "iperf3": ["iperf3", "--version"]})
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -676,7 +647,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated proxies among {','.join(PROXIES)}; direct is always measured")
     parser.add_argument("--quiet-wait", type=float, default=None,
                         help="before each workload, wait up to this many seconds for other load to drop "
-                             f"under {QUIET_BUSY:.0%} of the CPUs (default 120; 0 with --quick)")
+                             f"under {QUIET_BUSY * 100:.0f}%% of the CPUs (default 120; 0 with --quick)")
     parser.add_argument("--profile", action="store_true", help="afterwards, py-spy meshproxy's workers")
     parser.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
     args = parser.parse_args(argv)
