@@ -77,12 +77,24 @@ class FilterCallbacks(Protocol):
     def write_buffer_size(self) -> int:
         """Bytes queued towards downstream that the kernel has not taken yet."""
 
+    def start_relay(self, caller: NetworkFilter, upstream: Upstream, down_seen: int, up_seen: int,
+                    on_bytes: Callable[[int, int], None]) -> Any:
+        """Join downstream and ``upstream`` inside the event loop (``workers/relay.py``): bytes
+        then flow both ways with no Python call per chunk. Only a terminal proxy filter asks,
+        once connected; the connection refuses (returns None) while any filter before
+        ``caller`` has ``inspects_data`` or any filter has ``on_write``. ``down_seen`` and
+        ``up_seen`` are the bytes already counted per side; later ones are reported to
+        ``on_bytes(downstream_received, upstream_received)``. The returned relay has
+        ``sample()``, ``quiet_seconds()`` and ``stop()`` (call it when either side closes)."""
+
 
 class NetworkFilter:
     """Base class for network filters: every hook passes through unless overridden.
 
-    ``inspects_data`` tells the connection whether the filter needs to see bytes; a
-    chain in which no filter before the terminal one does may take the zero-copy path.
+    ``inspects_data`` tells the connection whether the filter needs to see bytes after
+    ``on_new_connection``; a filter that only decides at connect time (a rate limiter, an
+    allow-list) sets it False, so a tcp_proxy behind it may relay in the event loop
+    (``FilterCallbacks.start_relay``).
     """
 
     inspects_data: ClassVar[bool] = True
@@ -124,7 +136,9 @@ class UpstreamCallbacks(Protocol):
 
 
 class Upstream(Protocol):
-    """A connected upstream, as a filter drives it."""
+    """A connected upstream, as a filter drives it (``transport`` is for the connection code)."""
+
+    transport: Any
 
     def write(self, data: bytes) -> None: ...
     def write_eof(self) -> None: ...

@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from filters.api import ConnectionEvent, FilterStatus, NetworkFilter
+from filters.api import ConnectionEvent, FilterStatus, NetworkFilter, Upstream
+from workers.relay import BytesCallback, Relay
 
 if TYPE_CHECKING:
     from workers.listener import ListenerRuntime
@@ -143,6 +144,24 @@ class DownstreamConnection(asyncio.Protocol):
         for f in filters[filters.index(after) + 1:]:
             if self._closed or f.on_data(data, end_stream) is _STOP:
                 return
+
+    def start_relay(self, caller: NetworkFilter, upstream: Upstream, down_seen: int, up_seen: int,
+                    on_bytes: BytesCallback) -> Relay | None:
+        """Join downstream and ``upstream`` in the event loop when no filter needs the bytes any
+        more: none before ``caller`` inspects data, none watches writes, the chain has delivered
+        everything it held and downstream has not half-closed. Otherwise None."""
+        if (self._deliver is None or self._closed or self._read_closed or self._write_closed
+                or self._write_filters or self.transport is None):
+            return None
+        for f in self.filters:
+            if f is caller:
+                break
+            if f.inspects_data:
+                return None
+        up_transport = getattr(upstream, "transport", None)
+        if up_transport is None or up_transport.is_closing():
+            return None
+        return Relay(self.transport, up_transport, down_seen, up_seen, on_bytes)  # type: ignore[arg-type]
 
     def write(self, data: bytes, end_stream: bool = False) -> None:
         transport = self.transport

@@ -12,6 +12,10 @@ Per connection (envoy-subset.md §5.1):
 * ``idle_timeout``: no bytes either way for that long closes both sides. The timer
   is not re-armed per chunk: activity only stamps a time, and the timer re-arms
   itself for the remainder when it fires early.
+* Relay: once connected, if no filter before this one reads the bytes, the connection
+  joins both sockets in the event loop (``workers/relay.py``) and this filter sees no
+  more chunks: byte counters then come from the kernel's per-socket counts (every second,
+  at each half-close and at close), and idle time from the sockets' last receive.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class TcpProxyFilter(NetworkFilter):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.duration_timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
+        self.relay: Any = None  # set once both sockets are joined (workers/relay.py)
+        self.down_rx = 0  # bytes counted before relaying: the relay's starting point
+        self.up_rx = 0
 
     # ----- downstream side ----------------------------------------------------------------
 
@@ -90,11 +97,14 @@ class TcpProxyFilter(NetworkFilter):
         if upstream is None:  # cannot happen: the chain is held until connected
             return _STOP
         if data:
+            self.down_rx += len(data)
             self.stats.downstream_cx_rx_bytes_total.inc(len(data))
             self.cluster.stats.upstream_cx_tx_bytes_total.inc(len(data))  # type: ignore[union-attr]
             upstream.write(data)
         if end_stream:
             self.downstream_eof = True
+            if self.relay is not None:
+                self.relay.sample(True, self.upstream_eof)
             upstream.write_eof()
             if self.upstream_eof:
                 self.callbacks.close()
@@ -103,6 +113,7 @@ class TcpProxyFilter(NetworkFilter):
 
     def on_event(self, event: ConnectionEvent) -> None:
         self.downstream_closed = True
+        self._stop_relay()
         self._cancel_timers()
         if self.attempt is not None:
             self.attempt.cancel()
@@ -126,6 +137,7 @@ class TcpProxyFilter(NetworkFilter):
     # ----- upstream side ------------------------------------------------------------------
 
     def on_upstream_data(self, data: bytes) -> None:
+        self.up_rx += len(data)
         self.stats.downstream_cx_tx_bytes_total.inc(len(data))
         self.cluster.stats.upstream_cx_rx_bytes_total.inc(len(data))  # type: ignore[union-attr]
         self.last_activity = time.monotonic()
@@ -133,9 +145,12 @@ class TcpProxyFilter(NetworkFilter):
 
     def on_upstream_eof(self) -> None:
         self.upstream_eof = True
+        if self.relay is not None:
+            self.relay.sample(self.downstream_eof, True)
         self.callbacks.write(b"", end_stream=True)
 
     def on_upstream_closed(self, exc: Exception | None) -> None:
+        self._stop_relay()
         self.upstream = None
         self._request_ended()
         if not self.downstream_closed:
@@ -181,6 +196,26 @@ class TcpProxyFilter(NetworkFilter):
         if self.config.idle_timeout is not None:
             self.idle_timer = self.callbacks.loop.call_later(self.config.idle_timeout, self._on_idle_timer)
         self.callbacks.continue_reading()
+        if not self.downstream_closed and self.upstream is not None:
+            self.relay = self.callbacks.start_relay(self, upstream, self.down_rx, self.up_rx,
+                                                    self._on_relayed)
+
+    # ----- relay ----------------------------------------------------------------------------
+
+    def _on_relayed(self, down_rx: int, up_rx: int) -> None:
+        """Bytes the joined sockets carried since the last sample (see workers/relay.py)."""
+        cluster_stats = self.cluster.stats
+        if down_rx:
+            self.stats.downstream_cx_rx_bytes_total.inc(down_rx)
+            cluster_stats.upstream_cx_tx_bytes_total.inc(down_rx)
+        if up_rx:
+            self.stats.downstream_cx_tx_bytes_total.inc(up_rx)
+            cluster_stats.upstream_cx_rx_bytes_total.inc(up_rx)
+
+    def _stop_relay(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.stop(self.downstream_eof, self.upstream_eof)
 
     def _request_started(self) -> None:
         """An upstream connection is one active request to its host (LEAST_REQUEST, /clusters)."""
@@ -204,6 +239,8 @@ class TcpProxyFilter(NetworkFilter):
         timeout = self.config.idle_timeout
         assert timeout is not None
         idle_for = time.monotonic() - self.last_activity
+        if self.relay is not None:
+            idle_for = min(idle_for, self.relay.quiet_seconds())
         if idle_for < timeout:
             self.idle_timer = self.callbacks.loop.call_later(timeout - idle_for, self._on_idle_timer)
             return

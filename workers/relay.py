@@ -1,0 +1,159 @@
+"""Relay mode: a connected tcp_proxy whose bytes no filter reads is joined inside uvloop.
+
+Once both sockets are joined, a downstream read is handed by the event loop straight to the
+upstream transport's ``write`` (and the other way), so no Python frame runs per chunk: that
+frame, with its stats and timestamps, was most of the Python cost of a small request. What
+the per-chunk code did is done differently:
+
+* **Byte counters.** The kernel counts the bytes each socket received (TCP_INFO
+  ``tcpi_bytes_received``). A relay samples both sockets every second, at each half-close
+  and when either side closes, and reports the deltas to its owner. Bytes received by one
+  socket are the bytes written to the other, so two numbers give all four counters. The
+  kernel's count includes the peer's FIN as one byte; it is taken off when the socket's
+  state (or an EOF already read) says a FIN came.
+* **Idle timeout.** TCP_INFO ``tcpi_last_data_recv`` says how long each socket has been quiet.
+* **Everything else** (EOF, close, flow-control watermarks) still reaches the connection's
+  Python protocols, unchanged: only ``data_received`` is rebound.
+
+A socket's counters are read while its file descriptor is known to be open: from the owner's
+event callbacks, which run before uvloop closes the descriptor, and from the sampler until
+``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+SAMPLE_INTERVAL_S = 1.0
+
+# struct tcp_info (linux/tcp.h): offsets stable since Linux 4.1.
+_TCP_INFO_LEN = 136
+# tcpi_state values in which the peer's FIN has arrived (TIME_WAIT, CLOSE_WAIT, LAST_ACK,
+# CLOSING); CLOSE (7) is reached by a FIN exchange or by a reset.
+_FIN_RECEIVED_STATES = frozenset((6, 8, 9, 11))
+_CLOSE = 7
+_LAST_DATA_RECV = struct.Struct("I")  # at 52, milliseconds
+_BYTES_RECEIVED = struct.Struct("Q")  # at 128
+
+BytesCallback = Callable[[int, int], None]
+
+
+def tcp_info(sock: Any) -> bytes | None:
+    """The socket's TCP_INFO, or None once it cannot be read (closed, not TCP)."""
+    try:
+        info: bytes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, ValueError):
+        return None
+    return info if len(info) >= _TCP_INFO_LEN else None
+
+
+def bytes_received(sock: Any, eof_read: bool = False) -> int | None:
+    """Payload bytes this TCP socket has received over its life (its FIN not counted).
+
+    ``eof_read``: the protocol has seen EOF on it, which tells a FIN from a reset in CLOSE.
+    """
+    info = tcp_info(sock)
+    if info is None:
+        return None
+    received: int = _BYTES_RECEIVED.unpack_from(info, 128)[0]
+    state = info[0]
+    if state in _FIN_RECEIVED_STATES or (state == _CLOSE and eof_read):
+        received -= 1
+    return received
+
+
+def quiet_seconds(sock: Any) -> float | None:
+    """Seconds since this TCP socket last received data."""
+    info = tcp_info(sock)
+    return None if info is None else _LAST_DATA_RECV.unpack_from(info, 52)[0] / 1000.0
+
+
+class Relay:
+    """Two joined transports; reports the bytes they carry to ``on_bytes(down_rx, up_rx)``."""
+
+    __slots__ = ("_down", "_down_seen", "_on_bytes", "_sampler", "_up", "_up_seen")
+
+    def __init__(self, down: asyncio.Transport, up: asyncio.Transport, down_seen: int, up_seen: int,
+                 on_bytes: BytesCallback) -> None:
+        """``down_seen``/``up_seen``: the bytes each socket received that were already counted."""
+        self._down = down.get_extra_info("socket")
+        self._up = up.get_extra_info("socket")
+        self._down_seen = down_seen
+        self._up_seen = up_seen
+        self._on_bytes = on_bytes
+        self._sampler: RelaySampler | None = RelaySampler.for_loop(asyncio.get_running_loop())
+        self._sampler.add(self)
+        up.set_protocol(_rebound(up.get_protocol(), down.write))
+        down.set_protocol(_rebound(down.get_protocol(), up.write))
+
+    def sample(self, down_eof: bool = False, up_eof: bool = False) -> None:
+        """Report the bytes received since the last sample (sockets already gone count 0).
+        ``down_eof``/``up_eof``: EOF has been read on that side."""
+        if self._sampler is None:
+            return
+        down = bytes_received(self._down, down_eof)
+        up = bytes_received(self._up, up_eof)
+        down_delta = 0 if down is None else down - self._down_seen
+        up_delta = 0 if up is None else up - self._up_seen
+        if down_delta > 0:
+            self._down_seen = down  # type: ignore[assignment]
+        if up_delta > 0:
+            self._up_seen = up  # type: ignore[assignment]
+        if down_delta > 0 or up_delta > 0:
+            self._on_bytes(max(down_delta, 0), max(up_delta, 0))
+
+    def quiet_seconds(self) -> float:
+        """How long neither socket has received data (0 when unknown)."""
+        quiet = [q for q in (quiet_seconds(self._down), quiet_seconds(self._up)) if q is not None]
+        return min(quiet) if quiet else 0.0
+
+    def stop(self, down_eof: bool = False, up_eof: bool = False) -> None:
+        """Take a last sample and stop sampling; call before either descriptor closes."""
+        self.sample(down_eof, up_eof)
+        if self._sampler is not None:
+            self._sampler.discard(self)
+            self._sampler = None
+
+
+def _rebound(protocol: Any, sink: Callable[[bytes], object]) -> Any:
+    # uvloop caches protocol.data_received when the protocol is set: an instance attribute
+    # that is the peer transport's (compiled) write makes each read a C-to-C call.
+    protocol.data_received = sink
+    return protocol
+
+
+class RelaySampler:
+    """One timer per event loop that samples every live relay each second."""
+
+    _current: RelaySampler | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.relays: set[Relay] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop) -> RelaySampler:
+        current = cls._current
+        if current is None or current.loop is not loop:
+            current = cls._current = cls(loop)
+        return current
+
+    def add(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        if self._timer is None:
+            self._timer = self.loop.call_later(SAMPLE_INTERVAL_S, self._tick)
+
+    def discard(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+
+    def _tick(self) -> None:
+        self._timer = None
+        for relay in list(self.relays):
+            relay.sample()
+        if self.relays:
+            self._timer = self.loop.call_later(SAMPLE_INTERVAL_S, self._tick)
