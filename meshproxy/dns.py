@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from meshproxy.config.model import Cluster, DnsLookupFamily
+from meshproxy.config.model import Cluster, DiscoveryType, DnsLookupFamily
+
+if TYPE_CHECKING:
+    from meshproxy.main_stats import MainStats
+
+log = logging.getLogger("meshproxy.main")
 
 HostTuple = tuple[str, int, int, int]  # address, port, weight, priority
 
@@ -60,3 +68,62 @@ async def resolve_cluster(loop: asyncio.AbstractEventLoop, cluster: Cluster) -> 
         for address in addresses:
             hosts.append((address, port, endpoint.load_balancing_weight, endpoint.priority))
     return hosts
+
+
+class ClusterResolver:
+    """The main process's DNS: resolves every STRICT_DNS cluster, then re-resolves each one
+    every ``dns_refresh_rate`` and reports changed host sets to ``on_change(name, hosts)``.
+
+    ``resolved`` holds the latest hosts per cluster (clusters whose first lookup failed map
+    to an empty list until one succeeds).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clusters: Sequence[Cluster], stats: MainStats,
+                 on_change: Callable[[str, list[HostTuple]], None]) -> None:
+        self.loop = loop
+        self.clusters = [c for c in clusters if c.type is DiscoveryType.STRICT_DNS]
+        self.stats = stats
+        self.on_change = on_change
+        self.resolved: dict[str, list[HostTuple]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def resolve_all(self) -> None:
+        """The first lookup of every cluster (readiness waits for it)."""
+        for cluster in self.clusters:
+            block = self.stats.clusters[cluster.name]
+            block.update_attempt.inc()
+            try:
+                self.resolved[cluster.name] = await resolve_cluster(self.loop, cluster)
+                block.update_success.inc()
+            except OSError as exc:
+                block.update_failure.inc()
+                log.warning("cluster '%s': DNS resolution failed: %s", cluster.name, exc)
+                self.resolved.setdefault(cluster.name, [])
+
+    def start_refreshing(self) -> None:
+        self._tasks = [self.loop.create_task(self._refresh(cluster)) for cluster in self.clusters]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+
+    async def _refresh(self, cluster: Cluster) -> None:
+        name = cluster.name
+        while True:
+            await asyncio.sleep(cluster.dns_refresh_rate)
+            block = self.stats.clusters[name]
+            block.update_attempt.inc()
+            try:
+                hosts = await resolve_cluster(self.loop, cluster)
+                block.update_success.inc()
+            except OSError as exc:
+                block.update_failure.inc()
+                log.warning("cluster '%s': DNS refresh failed, keeping %d hosts: %s", name,
+                            len(self.resolved.get(name, [])), exc)
+                continue
+            if hosts != self.resolved.get(name):
+                log.info("cluster '%s': hosts changed to %s", name, [f"{h[0]}:{h[1]}" for h in hosts])
+                self.resolved[name] = hosts
+                block.membership_change.inc()
+                self.on_change(name, hosts)

@@ -69,3 +69,22 @@ def adopt_listener(listener: Listener, handed: list[socket.socket], count: int) 
     if len(sockets) < count:
         sockets += _bind(listener, sockets[0].getsockname()[1], count - len(sockets))
     return sockets
+
+
+def bind_admin_socket(address: str, port: int) -> socket.socket:
+    """The admin endpoint's listening socket (one, in the main process)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"admin: cannot bind {address}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    return sock
+
+
+def bound_to(sock: socket.socket, address: str, port: int) -> bool:
+    """Whether ``sock`` is bound to ``address:port`` (any port when ``port`` is 0)."""
+    bound = sock.getsockname()
+    return bool(bound[0] == address and (port == 0 or bound[1] == port))

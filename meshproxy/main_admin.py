@@ -72,7 +72,7 @@ class MainAdmin(AdminContext):
         for cluster in main.bootstrap.clusters:
             hostnames = {(e.address.address, e.address.port_value): e.hostname for e in cluster.endpoints}
             hosts = []
-            endpoints = main.state.resolved.get(cluster.name) or static_endpoints(cluster)
+            endpoints = main.dns.resolved.get(cluster.name) or static_endpoints(cluster)
             for address, port, weight, priority in endpoints:
                 prefix = host_stat_prefix(cluster.stat_name, address, port)
                 figures = {k: counters.get(prefix + k, 0) for k in HOST_COUNTERS}

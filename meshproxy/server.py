@@ -28,7 +28,7 @@ import resource
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgpack
 
@@ -36,10 +36,10 @@ from filters.local_ratelimit.shared_bucket import HostSharedRegion
 from meshproxy import __version__
 from meshproxy.admin import AdminServer
 from meshproxy.admin.tags import TagProducer
-from meshproxy.config.model import Bootstrap, DiscoveryType, TrafficDirection
-from meshproxy.dns import HostTuple, resolve_cluster
+from meshproxy.config.model import Bootstrap, TrafficDirection
+from meshproxy.dns import ClusterResolver, HostTuple
 from meshproxy.hot_restart import Inherited, ParentLink, SocketOffer
-from meshproxy.listen_sockets import adopt_listener, bind_listener
+from meshproxy.listen_sockets import adopt_listener, bind_admin_socket, bind_listener, bound_to
 from meshproxy.logs import reopen_logs
 from meshproxy.main_admin import MainAdmin
 from meshproxy.main_stats import STATE_DRAINING, STATE_INITIALIZING, STATE_LIVE, MainStats
@@ -85,11 +85,6 @@ class WorkerSlot:
     respawn: asyncio.TimerHandle | None = None
 
 
-@dataclass(slots=True)
-class MainState:
-    resolved: dict[str, list[HostTuple]] = field(default_factory=dict)
-
-
 def raise_nofile_limit() -> int:
     """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -115,11 +110,11 @@ class MainProcess:
         self.stats = MainStats(backend.store, bootstrap, options.concurrency, epoch=self.epoch)
         self.reloader = Reloader(self, parent)
         self.stepped_down = False
-        self.state = MainState()
         self.slots = [WorkerSlot(i) for i in range(options.concurrency)]
         self.sockets: dict[str, list[socket.socket]] = {}
         self.stopping = False
         self.loop = asyncio.new_event_loop()
+        self.dns = ClusterResolver(self.loop, bootstrap.clusters, self.stats, self._push_hosts)
         self.done: asyncio.Future[int] = self.loop.create_future()
         self.started_at = time.time()
         self.first_started_at = inherited.first_started_at if inherited else self.started_at
@@ -144,9 +139,9 @@ class MainProcess:
         log.info("meshproxy %s starting: %d workers, RLIMIT_NOFILE %d", __version__,
                  self.options.concurrency, nofile)
         try:
-            self.loop.run_until_complete(self._resolve_all(initial=True))
+            self.loop.run_until_complete(self.dns.resolve_all())
             for cluster in self.bootstrap.clusters:
-                hosts = self.state.resolved.get(cluster.name) or static_endpoints(cluster)
+                hosts = self.dns.resolved.get(cluster.name) or static_endpoints(cluster)
                 self.stats.set_hosts(cluster.name, hosts)
             for listener in self.bootstrap.listeners:
                 handed = self.inherited.take_listener(str(listener.address)) if self.inherited else None
@@ -170,9 +165,7 @@ class MainProcess:
             self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
             for slot in self.slots:
                 self._spawn(slot)
-            for cluster in self.bootstrap.clusters:
-                if cluster.type is DiscoveryType.STRICT_DNS:
-                    self.loop.create_task(self._refresh_dns(cluster.name))
+            self.dns.start_refreshing()
             self._tick()
             if self.inherited is not None:  # statsd deltas continue from the previous generation's totals
                 snapshot = self.backend.snapshot()
@@ -183,40 +176,10 @@ class MainProcess:
         finally:
             self._cleanup()
 
-    async def _resolve_all(self, initial: bool) -> None:
-        for cluster in self.bootstrap.clusters:
-            if cluster.type is DiscoveryType.STRICT_DNS:
-                block = self.stats.clusters[cluster.name]
-                block.update_attempt.inc()
-                try:
-                    self.state.resolved[cluster.name] = await resolve_cluster(self.loop, cluster)
-                    block.update_success.inc()
-                except OSError as exc:
-                    block.update_failure.inc()
-                    log.warning("cluster '%s': DNS resolution failed: %s", cluster.name, exc)
-                    self.state.resolved.setdefault(cluster.name, [])
-
-    async def _refresh_dns(self, name: str) -> None:
-        cluster = self.bootstrap.cluster(name)
-        assert cluster is not None
-        while not self.stopping:
-            await asyncio.sleep(cluster.dns_refresh_rate)
-            block = self.stats.clusters[name]
-            block.update_attempt.inc()
-            try:
-                hosts = await resolve_cluster(self.loop, cluster)
-                block.update_success.inc()
-            except OSError as exc:
-                block.update_failure.inc()
-                log.warning("cluster '%s': DNS refresh failed, keeping %d hosts: %s", name,
-                            len(self.state.resolved.get(name, [])), exc)
-                continue
-            if hosts != self.state.resolved.get(name):
-                log.info("cluster '%s': hosts changed to %s", name, [f"{h[0]}:{h[1]}" for h in hosts])
-                self.state.resolved[name] = hosts
-                block.membership_change.inc()
-                self.stats.set_hosts(name, hosts)
-                self._broadcast({"t": "hosts", "c": name, "h": [list(h) for h in hosts]})
+    def _push_hosts(self, cluster: str, hosts: list[HostTuple]) -> None:
+        """A STRICT_DNS cluster's hosts changed: tell the stats and every worker."""
+        self.stats.set_hosts(cluster, hosts)
+        self._broadcast({"t": "hosts", "c": cluster, "h": [list(h) for h in hosts]})
 
     # ----- workers ----------------------------------------------------------------------------
 
@@ -237,7 +200,7 @@ class MainProcess:
                 self._close_in_worker(sockets)
                 from workers.worker import run
 
-                run(slot.index, self.bootstrap, sockets, child_end, stats_factory, self.state.resolved,
+                run(slot.index, self.bootstrap, sockets, child_end, stats_factory, self.dns.resolved,
                     self.options.drain_time_s, parent_pid, frozenset(self.stopped_listeners),
                     host_shared=self.host_shared)
             except BaseException:
@@ -332,6 +295,7 @@ class MainProcess:
         if self.stopping:
             return
         self.stopping = True
+        self.dns.stop()
         self._set_state(STATE_DRAINING)
         log.info("shutting down: draining workers for up to %.0fs", self.options.drain_time_s)
         self.reloader.on_shutdown()
@@ -366,12 +330,12 @@ class MainProcess:
         admin = self.bootstrap.admin
         assert admin is not None
         handed = self.inherited.admin if self.inherited else None
-        if handed is not None and _same_address(handed, admin.address.address, admin.address.port_value):
+        if handed is not None and bound_to(handed, admin.address.address, admin.address.port_value):
             sock = handed
         else:
             if handed is not None:
                 handed.close()  # the admin address changed: the old one dies with the old generation
-            sock = _bind_admin(admin.address.address, admin.address.port_value)
+            sock = bind_admin_socket(admin.address.address, admin.address.port_value)
         sock.setblocking(False)
         self.admin_socket = sock
         use_default_tags = self.bootstrap.stats_config.use_all_default_tags
@@ -426,6 +390,7 @@ class MainProcess:
         """A newer generation serves: stop accepting now, drain, be gone by the shutdown time."""
         self.stepped_down = True
         self.stopping = True
+        self.dns.stop()
         self._set_state(STATE_DRAINING)
         self.stats.retire()
         if self.admin is not None:
@@ -447,6 +412,7 @@ class MainProcess:
         """Past the parent shutdown time (or too many generations draining): go now."""
         log.info("stopping this generation now")
         self.stopping = True
+        self.dns.stop()
         for slot in self.slots:
             if slot.pid:
                 _signal(slot.pid, signal.SIGKILL)
@@ -488,23 +454,6 @@ class MainProcess:
         if self.admin_socket is not None:
             self.admin_socket.close()
         self.backend.close(unlink=not self.stepped_down)
-
-
-def _bind_admin(address: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((address, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"admin: cannot bind {address}:{port}: {exc.strerror or exc}") from exc
-    sock.listen(128)
-    return sock
-
-
-def _same_address(sock: socket.socket, address: str, port: int) -> bool:
-    bound = sock.getsockname()
-    return bool(bound[0] == address and (port == 0 or bound[1] == port))
 
 
 def _read_pid(path: str) -> int:
