@@ -6,7 +6,7 @@ through mongo_proxy + tcp_proxy, on the same meshproxy worker.
     python bench/mongo_bench.py --micro    # also: the filter alone, in process (no sockets)
     python bench/mongo_bench.py --micro-only   # only that (~1 minute)
     python bench/mongo_bench.py --profile  # afterwards, py-spy the worker under both workloads
-    python bench/mongo_bench.py --calibrate 5,10   # also filters burning 5 / 10 us of CPU per read
+    python bench/mongo_bench.py --calibrate 0,10   # also filters burning 0 / 10 us of CPU per read
 
 Everything runs on 127.0.0.1 from this checkout:
 
@@ -25,6 +25,10 @@ cost). Targets alternate within a round and rounds rotate the order; each figure
 over rounds and each ratio the median of per-round ratios. ``CPU us/rq`` is the worker's
 user + system CPU time per request/reply pair, the steadiest figure on a busy machine. The
 issue's target: sniffed/plain throughput >= 0.75 (the sniffer costs under 25%).
+
+``plain`` runs in tcp_proxy's relay mode (no Python per chunk once connected); any chain with a
+filter that reads the bytes cannot. ``--calibrate 0`` (a pass-through filter that reads nothing)
+shows what losing relay mode alone costs.
 """
 
 from __future__ import annotations
@@ -246,7 +250,8 @@ def micro(rounds: int = 15, n: int = 2048) -> dict[str, float]:
     Process CPU time, not wall time, so that a busy machine taking the CPU away counts less. Each
     workload feeds the filter one read per request (P1) or reads of 16 pipelined requests (P16);
     ``decoding`` is the decoders alone on the same reads (``summaries``, what the filter calls),
-    and ``full decoder`` the ``Message`` API (``feed`` + ``next_message``) for comparison."""
+    ``floor`` the least any per-message sniffer in Python does (see ``through_floor``), and
+    ``full decoder`` the ``Message`` API (``feed`` + ``next_message``) for comparison."""
     from filters.mongo_proxy.codec import NEED_DATA, MongoDecoder
     from filters.mongo_proxy.config import MongoProxyConfig
     from filters.mongo_proxy.fastpath import REPLIES, REQUESTS
@@ -297,10 +302,48 @@ def micro(rounds: int = 15, n: int = 2048) -> dict[str, float]:
             while decoder.next_message() is not NEED_DATA:
                 pass
 
+    # The floor of any per-message sniffer in Python: header unpack, command name, one counter, the
+    # reply time into one histogram (requests matched through a dict); per read, stats batched.
+    header = struct.Struct("<iiiiIBi").unpack_from
+    store = HeapStore()
+    floor_counters = {b"find": store.counter("floor.cmd.find.total")}
+    floor_histogram = store.histogram("floor.cmd.find.reply_time_ms")
+    floor_in_flight: dict[int, float] = {}
+    clock = time.monotonic
+
+    def floor_requests(data: bytes) -> None:
+        pos, end, now, seen = 0, len(data), clock(), {}
+        while pos < end:
+            length, request_id, _, _, _, _, _ = header(data, pos)
+            name = data[pos + 26 : data.find(0, pos + 26)]
+            seen[name] = seen.get(name, 0) + 1
+            floor_in_flight[request_id] = now
+            pos += length
+        for name, count in seen.items():
+            floor_counters[name].inc(count)
+
+    def floor_replies(data: bytes) -> None:
+        pos, end, now, starts = 0, len(data), clock(), {}
+        while pos < end:
+            length, _, response_to, _, _, _, _ = header(data, pos)
+            start = floor_in_flight.pop(response_to, None)
+            if start is not None:
+                starts[start] = starts.get(start, 0) + 1
+            pos += length
+        for start, count in starts.items():
+            floor_histogram.record_n((now - start) * 1000.0, count)
+
+    def through_floor(ins: list[bytes], outs: list[bytes]) -> None:
+        for request, reply in zip(ins, outs, strict=True):
+            floor_requests(request)
+            floor_replies(reply)
+
     out: dict[str, float] = {}
     for workload, (ins, outs) in reads.items():
         out[f"{workload} filter us per request+reply"] = best_of(lambda i=ins, o=outs: through_filter(i, o))
         out[f"{workload} of which decoding"] = best_of(lambda i=ins, o=outs: through_decoders(i, o))
+        out[f"{workload} floor (header, command, 1 counter, 1 histogram)"] = best_of(
+            lambda i=ins, o=outs: through_floor(i, o))
     out["P1 full decoder (Message API)"] = best_of(lambda: through_full_decoder(requests, replies))
     return out
 

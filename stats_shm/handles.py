@@ -12,6 +12,10 @@ event through a handle. To keep that branch off the hot path, a fresh handle's f
 ``_Live*`` subclass, whose methods do only the arithmetic. ``isinstance(h, Counter)``
 stays true.
 
+A batch of identical values (a sniffer counting one read of many messages) takes one call:
+``counter.inc(n)``, ``gauge.inc(n)`` / ``dec(n)``, and ``histogram.record_n(value, n)``, which
+is ``record(value)`` done ``n`` times (one bucket bump by ``n``, ``value * n`` on the sum).
+
 Handles are not thread-safe (two threads of one process incrementing the same stat can
 lose an update) and must not be carried across ``fork``: a worker opens its own store on
 its own area after it starts. Counters must only be incremented by ``n >= 0``.
@@ -131,6 +135,13 @@ class Histogram:
         self.__class__ = _LiveHistogram
         self.record(value)
 
+    def record_n(self, value: float, n: int) -> None:
+        """Record ``value`` ``n`` times (``n >= 0``): as ``n`` calls of ``record(value)``, in one."""
+        if n > 0:
+            self._used[self._u] = 1
+            self.__class__ = _LiveHistogram
+            self.record_n(value, n)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -149,6 +160,18 @@ class _LiveHistogram(Histogram):
         else:  # NaN, +inf, -inf
             return
         self._d[self._s] += value
+
+    def record_n(self, value: float, n: int) -> None:
+        if _LOW < value <= _HIGH:
+            m, e = _frexp(value)
+            self._q[self._k + e * 16 + _ceil(m * 32.0)] += n
+        elif -_INF < value <= _LOW:
+            self._q[self._k + _UNDER] += n
+        elif _HIGH < value < _INF:
+            self._q[self._k + _OVER] += n
+        else:  # NaN, +inf, -inf
+            return
+        self._d[self._s] += value * n
 
 
 # ----- no-op handles for names rejected by the stats matcher --------------------------------
@@ -194,4 +217,7 @@ class NullHistogram(Histogram):
         self.unit = unit
 
     def record(self, value: float) -> None:
+        pass
+
+    def record_n(self, value: float, n: int) -> None:
         pass

@@ -6,10 +6,15 @@ messages); they become stats (``operations.Classifier``), access-log lines and d
 The filter returns CONTINUE and never changes, drops or reorders a byte. The one exception is the
 delay fault, which holds the client's bytes for a while (below).
 
-Hot path (an OP_MSG request, then its reply, no access log / metadata / delay): the plan's
-counters, one dict entry in flight, then three histogram records and the gauge. Anything else
-(``extras``, ``moreToCome``, legacy opcodes) takes the general methods. With
-``log_query_values`` the decoders read every message in full, as the log needs the command.
+Hot path (an OP_MSG request, then its reply, no access log / metadata / delay): the request's
+``Charge`` (one dict lookup, ``operations``) and its counters, one dict entry in flight, then
+three histogram records and the gauge. A read that carries several messages (pipelining) is
+counted in one go at the end of the read: requests grouped per ``Charge`` (``inc(n)``), replies
+per (request start, blocks, docs, size) (``record_n(value, n)``), the gauge once; the requests of
+one read share one start time, and the replies of one read one arrival time. Anything else
+(``extras``, ``moreToCome``, compressed, failed replies, legacy opcodes) takes the general methods,
+as it comes. With ``log_query_values`` the decoders read every message in full, as the log needs
+the command.
 
 Rules:
 
@@ -67,7 +72,7 @@ from filters.mongo_proxy.messages import (
     OpQuery,
     OpReply,
 )
-from filters.mongo_proxy.operations import Classifier, Plan
+from filters.mongo_proxy.operations import Charge, Classifier, Plan
 from filters.mongo_proxy.stats import CommandStats, DynamicStats, MongoStats
 
 if TYPE_CHECKING:
@@ -145,11 +150,15 @@ class MongoProxyFilter(NetworkFilter):
         decoder = self.requests
         if data and decoder is not None:
             try:
-                for item in decoder.summaries(data):
-                    if isinstance(item, tuple):  # an OP_MSG: every request of a modern driver
-                        self._on_msg_request(item, None)
+                items = decoder.summaries(data)
+                if len(items) == 1:
+                    s = items[0]
+                    if isinstance(s, tuple):  # an OP_MSG: every request of a modern driver
+                        self._on_msg_request(s, None)
                     else:
-                        self._on_request(item)
+                        self._on_request(s)
+                elif items:
+                    self._on_requests(items)
                 if decoder.error is not None:
                     raise MongoProtocolError(decoder.error)
             except Exception as exc:  # a protocol error, or a bug: never reaches the connection
@@ -161,6 +170,54 @@ class MongoProxyFilter(NetworkFilter):
 
     def _on_msg_request(self, s: RequestSummary, msg: OpMsg | None) -> None:
         """Count an OP_MSG request (``msg``: its full message, when the log needs the command)."""
+        if s[6] is not None or s[1] & MSG_MORE_TO_COME or self.extras:
+            self._on_msg_request_general(s, msg)
+            return
+        # The hot path: the charge's counters, then _requested's in-flight part, inline.
+        charge = self.classifier.charge(s)
+        for counter in charge.counters:
+            counter.inc()
+        in_flight = self.in_flight
+        request_id = s[0]
+        if request_id in in_flight:  # a reused id: the newer request wins
+            in_flight[request_id] = (_monotonic(), charge.blocks, None)
+        elif len(in_flight) < MAX_IN_FLIGHT:
+            in_flight[request_id] = (_monotonic(), charge.blocks, None)
+            self.stats.op_query_active.inc()
+
+    def _on_requests(self, items: list[RequestSummary | Message]) -> None:
+        """Count the requests of one read: plain OP_MSG requests batched per charge, counted
+        (``inc(n)``) once at the end of the read; anything else as it comes."""
+        charge_of = self.classifier.charge
+        in_flight = self.in_flight
+        pending: dict[Charge, int] = {}
+        now = _monotonic()  # the requests of one read arrived together
+        added = 0
+        try:
+            for s in items:
+                if not isinstance(s, tuple):
+                    self._on_request(s)
+                    continue
+                if s[6] is not None or s[1] & MSG_MORE_TO_COME or self.extras:
+                    self._on_msg_request_general(s, None)
+                    continue
+                charge = charge_of(s)
+                pending[charge] = pending.get(charge, 0) + 1
+                request_id = s[0]
+                if request_id in in_flight:  # a reused id: the newer request wins
+                    in_flight[request_id] = (now, charge.blocks, None)
+                elif len(in_flight) < MAX_IN_FLIGHT:
+                    in_flight[request_id] = (now, charge.blocks, None)
+                    added += 1
+        finally:  # also when a message of the read breaks the protocol: the ones before count
+            for charge, n in pending.items():
+                for counter in charge.counters:
+                    counter.inc(n)
+            if added:
+                self.stats.op_query_active.inc(added)
+
+    def _on_msg_request_general(self, s: RequestSummary, msg: OpMsg | None) -> None:
+        """An OP_MSG request off the hot path: compressed, ``moreToCome``, or with extras."""
         stats = self.stats
         if s[6] is not None:
             stats.op_compressed.inc()
@@ -168,20 +225,10 @@ class MongoProxyFilter(NetworkFilter):
         unacknowledged = s[1] & MSG_MORE_TO_COME  # no reply will come
         if unacknowledged:
             stats.op_unacknowledged.inc()
-        if self.extras or unacknowledged:
-            entry = None
-            if self.writer is not None:
-                entry = self._log_entry(plan, s[0], s[5], s[7] or 0, s[6], bool(unacknowledged), msg)
-            self._requested(s[0], not unacknowledged, plan, blocks, entry)
-            return
-        # The hot path: _requested's in-flight part, inline.
-        in_flight = self.in_flight
-        request_id = s[0]
-        if request_id in in_flight:  # a reused id: the newer request wins
-            in_flight[request_id] = (_monotonic(), blocks, None)
-        elif len(in_flight) < MAX_IN_FLIGHT:
-            in_flight[request_id] = (_monotonic(), blocks, None)
-            stats.op_query_active.inc()
+        entry = None
+        if self.writer is not None:
+            entry = self._log_entry(plan, s[0], s[5], s[7] or 0, s[6], bool(unacknowledged), msg)
+        self._requested(s[0], not unacknowledged, plan, blocks, entry)
 
     def _on_request(self, msg: Message) -> None:
         """Count a request decoded in full: legacy opcodes, or an OP_MSG without the fast path."""
@@ -227,16 +274,67 @@ class MongoProxyFilter(NetworkFilter):
         decoder = self.replies
         if data and decoder is not None:
             try:
-                for item in decoder.summaries(data):
-                    if isinstance(item, tuple):
-                        self._on_msg_reply(item)
+                items = decoder.summaries(data)
+                if len(items) == 1:
+                    s = items[0]
+                    if isinstance(s, tuple):
+                        self._on_msg_reply(s)
                     else:
-                        self._on_reply(item)
+                        self._on_reply(s)
+                elif items:
+                    self._on_replies(items)
                 if decoder.error is not None:
                     raise MongoProtocolError(decoder.error)
             except Exception as exc:  # as in on_data
                 self._stop_sniffing(exc)
         return _CONTINUE
+
+    def _on_replies(self, items: list[ReplySummary | Message]) -> None:
+        """Count the replies of one read: plain OP_MSG replies batched, counted at the end of the
+        read (``inc(n)``, ``record_n``: one call per distinct value); anything else as it comes."""
+        in_flight = self.in_flight
+        pending: dict[tuple[float, tuple[CommandStats, ...], int, int], int] = {}
+        replies = cursors = 0
+        now = _monotonic()  # the replies of one read arrived together
+        try:
+            for s in items:
+                # Off the hot path: legacy, compressed, failed (ok: 0) or exhaust (moreToCome) replies.
+                if not isinstance(s, tuple):
+                    self._on_reply(s)
+                    continue
+                if s[9] is not None or s[4] == 0.0 or s[2] & MSG_MORE_TO_COME:
+                    self._on_msg_reply(s)
+                    continue
+                replies += 1
+                if s[7]:
+                    cursors += 1
+                request = in_flight.pop(s[0], None)
+                if request is None:
+                    continue
+                docs = s[8]
+                if docs is None:
+                    docs = 1  # the reply document itself
+                if request[2] is not None:  # an access-log entry: its line needs this reply
+                    self._replied(request, s[1], False, s[3], docs, True, None, None)
+                    continue
+                key = (request[0], request[1], docs, s[3])
+                pending[key] = pending.get(key, 0) + 1
+        finally:  # also when a message of the read breaks the protocol: the ones before count
+            stats = self.stats
+            if replies:
+                stats.op_reply.inc(replies)
+            if cursors:
+                stats.op_reply_valid_cursor.inc(cursors)
+            answered = 0
+            for (start, blocks, docs, size), n in pending.items():
+                ms = (now - start) * 1000.0
+                for block in blocks:
+                    block.reply_num_docs.record_n(docs, n)
+                    block.reply_size.record_n(size, n)
+                    block.reply_time_ms.record_n(ms, n)
+                answered += n
+            if answered:
+                stats.op_query_active.dec(answered)
 
     def _on_msg_reply(self, s: ReplySummary) -> None:
         response_to, request_id, flags, size, ok, code, errmsg, cursor_id, docs, compressor = s

@@ -3,11 +3,13 @@
 A request is classified once per distinct (opcode, command, database, collection) into a
 ``Plan``: the counters it bumps when it is seen and the per-name blocks (``stats``) whose
 histograms its reply feeds. Plans are cached (bounded; a plan that hit ``max_stat_names`` is
-not, so that ``stats_overflow`` counts requests), so the hot path for a known shape is one dict
-lookup and a few ``inc()`` calls. For a query, the fields Envoy reads per request (the filter's
-``_id``, ``maxTimeMS``, the cursor options, the ``comment`` callsite) come from the decoder's
-``RequestSummary`` (``fastpath``), read while the command was framed; only legacy OP_QUERY
-bodies are walked here.
+not, so that ``stats_overflow`` counts requests). An OP_MSG request shape, with the query fields
+that choose Envoy's per-query counters, maps to a ``Charge`` (cached likewise): the counters to
+bump and the blocks its reply feeds. So the hot path for a known shape is one dict lookup and a
+few ``inc()`` calls, or one ``inc(n)`` per counter for ``n`` requests of one read. For a query,
+the fields Envoy reads per request (the filter's ``_id``, ``maxTimeMS``, the cursor options, the
+``comment`` callsite) come from the decoder's ``RequestSummary`` (``fastpath``), read while the
+command was framed; only legacy OP_QUERY bodies are walked here.
 
 The mapping (docs/mongo.md has the full table):
 
@@ -95,41 +97,83 @@ class Plan:
     complete: bool  # every per-name block it wanted exists (only complete plans are cached)
 
 
+class Charge:
+    """What one OP_MSG request shape charges: ``counters`` now, ``blocks`` with its reply.
+
+    Compared by identity: a read of many requests groups them per ``Charge`` (``inc(n)``).
+    """
+
+    __slots__ = ("blocks", "complete", "counters", "plan")
+
+    def __init__(self, counters: tuple[Counter, ...], blocks: tuple[CommandStats, ...], plan: Plan,
+                 complete: bool) -> None:
+        self.counters = counters
+        self.blocks = blocks
+        self.plan = plan
+        self.complete = complete  # every per-name block it wanted exists (only complete ones are cached)
+
+
 class Classifier:
     """Charges request-time stats and returns the plan and the blocks its reply will charge."""
 
-    __slots__ = ("_msg_plans", "_plans", "commands", "dynamic", "stats")
+    __slots__ = ("_charges", "_msg_plans", "_plans", "commands", "dynamic", "stats")
 
     def __init__(self, stats: MongoStats, dynamic: DynamicStats, commands: Iterable[str]) -> None:
         self.stats = stats
         self.dynamic = dynamic
         self.commands = frozenset(commands)
         self._plans: dict[tuple[int, str, str | None, str | None], Plan] = {}
-        self._msg_plans: dict[tuple[str, str | None, str | None], Plan] = {}  # OP_MSG, the hot path
+        self._msg_plans: dict[tuple[str, str | None, str | None], Plan] = {}  # OP_MSG
+        self._charges: dict[tuple[object, ...], Charge] = {}  # OP_MSG request shapes: the hot path
 
     def request(self, msg: RequestSummary | Message) -> tuple[Plan, tuple[CommandStats, ...]]:
         """Count a request from the client and return (plan, blocks for its reply).
 
-        An OP_MSG comes as its ``RequestSummary`` (the hot path: one dict lookup for the plan,
-        then ``inc()`` calls); an ``OpMsg`` is summarised first, other messages are legacy.
+        An OP_MSG comes as its ``RequestSummary`` (``charge``, then its ``inc()`` calls); an
+        ``OpMsg`` is summarised first, other messages are legacy.
         """
         if not isinstance(msg, tuple):
             if type(msg) is not OpMsg:
                 return self._legacy(msg)
             msg = request_summary(msg)
-        key = (msg[2], msg[3], msg[4])  # command, collection, database
+        charge = self.charge(msg)
+        for counter in charge.counters:
+            counter.inc()
+        return charge.plan, charge.blocks
+
+    def charge(self, s: RequestSummary) -> Charge:
+        """What the OP_MSG request ``s`` charges, counting nothing itself (but ``stats_overflow``).
+
+        The hot path: one dict lookup per request. The caller bumps ``counters`` (once per
+        request, or ``inc(n)`` for ``n`` requests of one read that share the charge).
+        """
+        command = s[2]
+        if command == "find":  # the query counters depend on the request's fields too
+            key: tuple[object, ...] = (command, s[3], s[4], s[1] & MSG_EXHAUST_ALLOWED, s[8], s[9], s[10],
+                                       s[11])
+        else:
+            key = (command, s[3], s[4])  # command, collection, database
+        charge = self._charges.get(key)
+        if charge is None:
+            charge = self._make_charge(s)
+            if charge.complete and len(self._charges) < MAX_PLANS:
+                self._charges[key] = charge
+        return charge
+
+    def _make_charge(self, s: RequestSummary) -> Charge:
+        key = (s[2], s[3], s[4])
         plan = self._msg_plans.get(key)
         if plan is None:
-            plan = self._plan(OpCode.MSG, msg[2], msg[4], msg[3])
+            plan = self._plan(OpCode.MSG, s[2], s[4], s[3])
             if plan.complete and len(self._msg_plans) < MAX_PLANS:
                 self._msg_plans[key] = plan
-        for counter in plan.counters:
-            counter.inc()
         if not plan.is_query:
-            return plan, plan.stats
-        if msg[1] & MSG_EXHAUST_ALLOWED:
-            self.stats.op_query_exhaust.inc()
-        return plan, self._charge_query(plan, msg[10], msg[8], msg[9], msg[11])
+            return Charge(plan.counters, plan.stats, plan, plan.complete)
+        counters = list(plan.counters)
+        if s[1] & MSG_EXHAUST_ALLOWED:
+            counters.append(self.stats.op_query_exhaust)
+        blocks, complete = self._query_counters(counters, plan, s[10], s[8], s[9], s[11])
+        return Charge(tuple(counters), blocks, plan, complete and plan.complete)
 
     # ----- plans ---------------------------------------------------------------------------------
 
@@ -191,37 +235,50 @@ class Classifier:
 
     def _charge_query(self, plan: Plan, id_type: int, max_time_ms: int | None, options: int,
                       comment: str | None) -> tuple[CommandStats, ...]:
-        """Envoy's per-query counters; returns the blocks the reply charges (with the callsite's)."""
+        """Count Envoy's per-query counters now; return the blocks the reply charges."""
+        counters: list[Counter] = []
+        blocks, _ = self._query_counters(counters, plan, id_type, max_time_ms, options, comment)
+        for counter in counters:
+            counter.inc()
+        return blocks
+
+    def _query_counters(self, counters: list[Counter], plan: Plan, id_type: int, max_time_ms: int | None,
+                        options: int, comment: str | None) -> tuple[tuple[CommandStats, ...], bool]:
+        """Append Envoy's per-query counters to ``counters``; return (the blocks the reply charges
+        with the callsite's, whether the callsite block it wanted exists)."""
         s = self.stats
         if max_time_ms is None or max_time_ms < 1:
-            s.op_query_no_max_time.inc()
+            counters.append(s.op_query_no_max_time)
         if options:
             if options & FIND_TAILABLE:
-                s.op_query_tailable_cursor.inc()
+                counters.append(s.op_query_tailable_cursor)
             if options & FIND_AWAIT_DATA:
-                s.op_query_await_data.inc()
+                counters.append(s.op_query_await_data)
             if options & FIND_NO_CURSOR_TIMEOUT:
-                s.op_query_no_cursor_timeout.inc()
+                counters.append(s.op_query_no_cursor_timeout)
         block = plan.query
         callsite = None
         function = calling_function(comment) if comment else None
+        complete = True
         if function and plan.collection:
             callsite = self.dynamic.callsite(plan.collection, function)
             if callsite is not None:
-                callsite.total.inc()
+                counters.append(callsite.total)
+            else:
+                complete = False
         if id_type == 0:  # no _id: a scatter get (also Envoy's default, with no filter at all)
-            s.op_query_scatter_get.inc()
+            counters.append(s.op_query_scatter_get)
             if block is not None:
-                block.scatter_get.inc()
+                counters.append(block.scatter_get)
             if callsite is not None:
-                callsite.scatter_get.inc()
+                counters.append(callsite.scatter_get)
         elif id_type in (_DOC, _ARRAY):
-            s.op_query_multi_get.inc()
+            counters.append(s.op_query_multi_get)
             if block is not None:
-                block.multi_get.inc()
+                counters.append(block.multi_get)
             if callsite is not None:
-                callsite.multi_get.inc()
-        return plan.stats if callsite is None else (*plan.stats, callsite)
+                counters.append(callsite.multi_get)
+        return (plan.stats if callsite is None else (*plan.stats, callsite)), complete
 
     # ----- legacy opcodes ------------------------------------------------------------------------
 

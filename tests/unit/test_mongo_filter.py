@@ -327,6 +327,69 @@ def test_the_same_stats_whatever_the_read_sizes() -> None:
     assert "decoding_error" not in c
 
 
+def pipelined_session() -> tuple[list[bytes], list[bytes]]:
+    """Requests and their replies, every path of the filter: hot-path finds and writes, compressed,
+    unacknowledged, legacy, a failure, an exhaust reply, and a reply nobody asked for."""
+    requests = [
+        find(request_id=1, filter={"_id": 1}), find(request_id=2, filter={"_id": 2}),
+        find(request_id=3, filter={"name": "x"}, maxTimeMS=50), zlib_wrap(find(request_id=4)),
+        op_msg({"insert": "users", "$db": "app"}, request_id=5, sequences=[("documents", [{"a": 1}])]),
+        op_msg({"insert": "users", "$db": "app"}, request_id=6, flags=2,
+               sequences=[("documents", [{"a": 1}])]),  # moreToCome: no reply
+        op_query("app.$cmd", {"isMaster": 1}, request_id=7), find(request_id=8),
+        op_msg({"getMore": bson.Int64(9), "collection": "users", "$db": "app"}, request_id=9),
+    ]
+    replies = [
+        reply(cursor([{"_id": 1}]), to=1), reply(cursor([{"_id": 2}, {"_id": 3}], 77), to=2),
+        reply(cursor([]), to=3), zlib_wrap(reply(cursor([{"_id": 4}]), to=4)),
+        reply({"n": 1, "ok": 1.0}, to=5),
+        op_reply([{"ismaster": True}], to=7), reply({"ok": 0.0, "errmsg": "no", "code": 2}, to=8),
+        reply(cursor([{"_id": 5}], 9, first=False), to=9, flags=2, request_id=1001),  # exhaust ...
+        reply(cursor([{"_id": 6}], 0, first=False), to=1001),  # ... and its last reply
+        reply(cursor([]), to=4242),  # answers nothing in flight
+    ]
+    return requests, replies
+
+
+def test_pipelined_reads_count_as_one_message_per_read() -> None:
+    requests, replies = pipelined_session()
+    results = []
+    for together in (False, True):
+        h = Harness()
+        f, _ = h.connect()
+        for chunk in ([b"".join(requests)] if together else requests):
+            assert f.on_data(chunk, False) is CONTINUE
+        assert h.snap().gauges[P + "op_query_active"] == 8
+        for chunk in ([b"".join(replies)] if together else replies):
+            assert f.on_write(chunk, False) is CONTINUE
+        snap = h.snap()
+        assert snap.gauges[P + "op_query_active"] == 0 and not f.in_flight
+        # Reply times differ between runs: their counts must agree; sizes and docs exactly.
+        histograms = {name: (data.count, None) if "time" in name else (data.buckets, data.sum)
+                      for name, data in snap.histograms.items() if name.startswith(P)}
+        results.append((h.counters(), histograms))
+    assert results[0] == results[1]
+    c = results[1][0]
+    assert c["op_msg"] == 8 and c["op_query"] == 6 and c["op_reply"] == 10 and c["op_compressed"] == 2
+    assert c["collection.users.query.total"] == 5 and c["op_query_scatter_get"] == 3
+    assert c["op_reply_query_failure"] == 1 and c["op_unacknowledged"] == 1
+
+
+def test_a_broken_message_in_a_pipelined_read_counts_the_ones_before_it() -> None:
+    h = Harness()
+    f, _ = h.connect()
+    f.on_data(find(request_id=1) + find(request_id=2) + TLS_CLIENT_HELLO, False)
+    c = h.counters()
+    assert c["op_query"] == 2 and c["decoding_error"] == 1
+    assert h.snap().gauges[P + "op_query_active"] == 0 and f.requests is None
+    g, _ = h.connect()
+    g.on_data(find(request_id=1) + find(request_id=2), False)
+    g.on_write(reply(cursor([]), to=1) + reply(cursor([]), to=2) + b"\x16\x03\x01" + bytes(40), False)
+    assert h.counters()["op_reply"] == 2 and h.counters()["decoding_error"] == 2
+    assert h.count("collection.users.query.reply_time_ms") == 2
+    assert h.snap().gauges[P + "op_query_active"] == 0
+
+
 # ----- legacy opcodes, as Envoy counts them ---------------------------------------------------------
 
 
@@ -432,7 +495,7 @@ def test_a_bug_in_the_sniffer_never_escapes(monkeypatch: pytest.MonkeyPatch, cap
     def boom(self: object, msg: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(type(f.shared.classifier), "request", boom)
+    monkeypatch.setattr(type(f.shared.classifier), "charge", boom)  # what every OP_MSG request calls
     assert f.on_data(find(), False) is CONTINUE
     g, _ = h.connect()
     assert g.on_data(find(), False) is CONTINUE

@@ -145,3 +145,30 @@ def test_merge_and_interval() -> None:
     assert since.buckets == b.buckets and since.sum == b.sum
     assert since.interval(None) is since
     assert HistogramData.empty().count == 0
+
+
+@pytest.mark.parametrize("value", [0.05, 1.0, 5.0, 168.0, 0.0, -3.0, 2.0**40, math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("n", [1, 2, 16, 1000])
+def test_record_n_is_n_records(value: float, n: int) -> None:
+    store = HeapStore()
+    h = store.histogram("h")
+    h.record_n(value, n)
+    h.record_n(value, n)  # the second call goes through the live handle
+    once = store.snapshot().histograms.get("h")
+    expected = recorded([value] * (2 * n))
+    if math.isnan(value) or math.isinf(value):  # not recorded, as by record()
+        assert once is None or once.count == 0
+        return
+    assert once is not None
+    assert once.buckets == expected.buckets and once.count == 2 * n
+    assert once.sum == pytest.approx(expected.sum)
+
+
+def test_record_n_of_zero_records_nothing_and_leaves_the_stat_unused() -> None:
+    store = HeapStore()
+    store.histogram("h").record_n(7.0, 0)
+    snap = store.snapshot()
+    assert snap.histograms["h"].count == 0 and "h" not in snap.used  # usedonly: never recorded
+    store.histogram("h").record_n(7.0, 3)
+    snap = store.snapshot()
+    assert snap.histograms["h"].count == 3 and "h" in snap.used

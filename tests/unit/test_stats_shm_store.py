@@ -113,6 +113,7 @@ def test_stats_matcher_rejects_without_storing() -> None:
     dropped_g.inc()
     dropped_g.dec()
     dropped_h.record(1.0)
+    dropped_h.record_n(1.0, 4)
     snap = store.snapshot()
     assert snap.counters["cluster.ok.upstream_rq_total"] == 1
     all_names = set(snap.counters) | set(snap.gauges) | set(snap.histograms)
