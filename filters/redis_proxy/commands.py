@@ -37,7 +37,7 @@ the behaviour clients see (``ResponseValues`` in ``redis_proxy/command_splitter.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -183,6 +183,13 @@ def hash_tag(key: bytes) -> bytes:
 def redis_key_hash(key: bytes, enable_hashtagging: bool = False) -> int:
     """The 64-bit hash Envoy's Redis proxy gives the load balancer for ``key``."""
     return murmur_hash2_64(hash_tag(key) if enable_hashtagging else key)
+
+
+def key_hasher(enable_hashtagging: bool) -> Callable[[bytes], int]:
+    """``redis_key_hash`` with the setting bound, without a wrapper call when tags are off."""
+    if not enable_hashtagging:
+        return murmur_hash2_64
+    return lambda key: murmur_hash2_64(hash_tag(key))
 
 
 def routing_key(info: CommandInfo, args: Sequence[bytes]) -> bytes | None:

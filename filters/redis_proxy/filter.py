@@ -1,16 +1,19 @@
 """redis_proxy's per-connection filter: decode commands, route them, answer in request order.
 
-Per downstream read (``on_data``): the ``RequestDecoder`` yields every complete command; each
-command takes a slot at the back of the connection's reply queue (``splitter``) and is either
-answered here or queued on the upstream of the host its key hashes to (``upstream``), to be
-written with everything else queued in this event-loop pass. Replies fill slots in any order;
-``flush`` (run once per pass for a connection that has new replies) writes the filled front of
+Per downstream read (``on_data``): the ``RequestDecoder`` hands over every complete command of
+the read at once (``take``); each command takes a slot at the back of the connection's reply
+queue (``slots``) and is either answered here or queued on the upstream of the host its key
+hashes to (``upstream``), to be written with everything else queued in this event-loop pass.
+Replies fill slots in any order; ``flush`` (run once per pass for a connection that has new
+replies, or at once for a client whose only command was answered) writes the filled front of
 the queue with one ``write``, so replies leave in request order (envoy-subset.md §5.2).
 
 The hot path is a simple command (GET, SET, HGET, EVAL...) from an authenticated client outside
-a transaction, routed by the only route: one dict lookup for the command (with its stats), the
-pool's key -> upstream cache, one ``Slot``, and the command's own bytes forwarded as they came
-(``RequestDecoder.next_with_frame``; hiredis's ``pack_command`` costs about a microsecond).
+a transaction, routed by the only route, inline in ``_run``: one dict lookup for the command
+(with its stats), one lookup in the pool's key -> upstream cache, one ``Slot``, and the
+command's own bytes forwarded as they came (the frames ``take`` returns; hiredis's
+``pack_command`` costs about a microsecond). Consecutive commands for one host are handed to
+its upstream together and a run of one command counts its ``total`` once.
 Everything else goes through ``_dispatch``: AUTH and NOAUTH, local commands, Envoy's errors,
 multi-key commands, SCAN, transactions (``transaction``), prefix routes.
 
@@ -28,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -40,16 +42,15 @@ from filters.redis_proxy.commands import Kind
 from filters.redis_proxy.config import RedisProxyConfig, protocol_options_of
 from filters.redis_proxy.pool import ClusterPool, worker_state
 from filters.redis_proxy.redirect import TrackedSlot
-from filters.redis_proxy.resp import NEED_DATA, OK, RespProtocolError, encode_error
+from filters.redis_proxy.resp import OK, RespProtocolError, encode_error
 from filters.redis_proxy.router import Router
+from filters.redis_proxy.slots import Ready, Slot
 from filters.redis_proxy.splitter import (
     AUTH_REQUIRED,
     HELLO_NOAUTH,
     INVALID_REQUEST,
     NO_UPSTREAM_HOST,
     CommandTable,
-    Ready,
-    Slot,
     auth,
     hello_reply,
     local_reply,
@@ -120,7 +121,7 @@ class Shared:
                 pool = state.pools[(name, settings, protocol)] = ClusterPool(
                     worker, cluster, settings, protocol_options_of(cluster.config), self.flusher,
                     RedisClusterStats(worker.stats, cluster.stats.prefix),
-                    partial(cmds.redis_key_hash, enable_hashtagging=hashtag), protocol)
+                    cmds.key_hasher(hashtag), protocol)
             pools[name] = pool
         router = Router(self.config, pools)
         # The fast path needs one route, and no per-command work beyond relaying the reply.
@@ -134,6 +135,7 @@ class RedisProxyFilter(NetworkFilter):
 
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
+        self.rx_bytes_total = shared.stats.downstream_cx_rx_bytes_total  # once per read
         self.router = shared.router
         self.fast_pool = shared.fast_pool
         self.protocol = 2
@@ -162,7 +164,7 @@ class RedisProxyFilter(NetworkFilter):
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         if data:
-            self.shared.stats.downstream_cx_rx_bytes_total.inc(len(data))
+            self.rx_bytes_total.inc(len(data))
             self.decoder.feed(data)
         if end_stream:
             self.eof = True
@@ -200,66 +202,94 @@ class RedisProxyFilter(NetworkFilter):
         """Handle every complete command in the decoder (until MAX_PENDING are in flight)."""
         if self.closed or self.quitting:
             return
-        shared = self.shared
-        next_command = self.decoder.next_with_frame
-        add_slot = self.slots.append
-        spellings = shared.table.spellings.get
-        fast_pool = self.fast_pool
-        plain = self.plain
-        now = self.loop.time()
-        count = 0
+        decoder = self.decoder
         room = MAX_PENDING - len(self.slots)  # every command takes exactly one slot
-        # Consecutive fast-path commands for one upstream are handed over together.
-        batch_up: RedisUpstream | None = None
-        frames: list[bytes] = []
-        sinks: list[Slot] = []
-        while True:
+        try:
+            commands, frames = decoder.take(room)
+        except RespProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        count = len(commands)
+        if count:
+            done = self._run(commands, frames)
+            stats = self.shared.stats
+            stats.downstream_rq_total.inc(done)
+            stats.downstream_rq_active.inc(done)
+            if self.closed or self.quitting:
+                return
             if count >= room:
                 if not self.paused:
                     self.paused = True
                     self.callbacks.read_disable(True)
-                break
-            try:
-                item = next_command()
-            except RespProtocolError as exc:
-                self._protocol_error(exc)
-                break
-            if item is NEED_DATA:
-                break
-            args, frame = item
-            count += 1
+                return
+        if decoder.error is not None:
+            self._protocol_error(decoder.error)
+
+    def _run(self, commands: deque[list[bytes]], frames: deque[bytes | None]) -> int:
+        """The commands of one read, in order: the fast path inline, the rest by ``_dispatch``.
+
+        Returns how many were handled: all of them, unless one was QUIT.
+        """
+        shared = self.shared
+        add_slot = self.slots.append
+        spellings = shared.table.spellings.get
+        now = self.loop.time()
+        fast_pool = self.fast_pool if self.plain else None
+        if fast_pool is not None:
+            cached, for_key = fast_pool.key_cache(), fast_pool.for_key
+        # Consecutive fast-path commands for one upstream are handed over together.
+        batch_up: RedisUpstream | None = None
+        out: list[bytes] = []
+        sinks: list[Slot] = []
+        # Runs of one command (a pipeline of GETs) count their ``total`` once.
+        run_stats: CommandStats | None = None
+        run = 0
+        todo = zip(commands, frames, strict=True)
+        for args, frame in todo:
             entry = spellings(args[0]) if args else None
-            if entry is not None and entry[2] and plain and fast_pool is not None and len(args) >= entry[3]:
+            if fast_pool is not None and entry is not None and entry[2] and len(args) >= entry[3]:
                 command_stats = entry[1]
-                command_stats.total.inc()
+                if command_stats is run_stats:
+                    run += 1
+                else:
+                    if run_stats is not None:
+                        run_stats.total.inc(run)
+                    run_stats, run = command_stats, 1
                 slot = Slot(self, command_stats, now)
                 add_slot(slot)
-                up = fast_pool.for_key(args[entry[4]])
+                key = args[entry[4]]
+                up = cached(key)
                 if up is None:
-                    slot.on_failure(NO_UPSTREAM_HOST)
-                    continue
+                    up = for_key(key)
+                    if up is None:
+                        slot.on_failure(NO_UPSTREAM_HOST)
+                        continue
                 if up is not batch_up:
                     if batch_up is not None:
-                        batch_up.send_many(frames, sinks)
-                        frames, sinks = [], []
+                        batch_up.send_many(out, sinks)
+                        out, sinks = [], []
                     batch_up = up
                 # Forward the bytes as they came; encode only what the decoder could not keep.
-                frames.append(frame or _pack(tuple(args)))  # type: ignore[arg-type]  # hiredis.pyi: 1-tuple
+                out.append(frame or _pack(tuple(args)))  # type: ignore[arg-type]  # hiredis.pyi: 1-tuple
                 sinks.append(slot)
             else:
                 if batch_up is not None:  # keep the wire order the client's order
-                    batch_up.send_many(frames, sinks)
-                    batch_up, frames, sinks = None, [], []
+                    batch_up.send_many(out, sinks)
+                    batch_up, out, sinks = None, [], []
                 self._dispatch(args, entry, now, frame)
                 if self.quitting or self.closed:
-                    break
-                fast_pool, plain = self.fast_pool, self.plain  # AUTH, HELLO, MULTI change them
+                    if run_stats is not None:
+                        run_stats.total.inc(run)
+                    return len(commands) - sum(1 for _ in todo)  # what follows QUIT is dropped
+                if (self.fast_pool if self.plain else None) is not fast_pool:  # AUTH, HELLO, MULTI...
+                    fast_pool = self.fast_pool if self.plain else None
+                    if fast_pool is not None:
+                        cached, for_key = fast_pool.key_cache(), fast_pool.for_key
         if batch_up is not None:
-            batch_up.send_many(frames, sinks)
-        if count:
-            stats = shared.stats
-            stats.downstream_rq_total.inc(count)
-            stats.downstream_rq_active.inc(count)
+            batch_up.send_many(out, sinks)
+        if run_stats is not None:
+            run_stats.total.inc(run)
+        return len(commands)
 
     def _update_rx_buffered(self) -> None:
         buffered = self.decoder.buffered

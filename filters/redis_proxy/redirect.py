@@ -22,7 +22,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from filters.redis_proxy.resp import encode_command
-from filters.redis_proxy.splitter import Slot
+from filters.redis_proxy.slots import Slot
 from filters.redis_proxy.upstream import NULL_SINK, RedisUpstream
 from stats_shm.block import StatBlock, sanitize
 

@@ -4,8 +4,8 @@ Every command a client sends takes one position, a *slot*, in that client's repl
 request order; the filter writes the completed front of the queue (envoy-subset.md §5.2). A slot
 is completed by one of:
 
-* ``Ready``: a reply made here (PING, AUTH, errors such as ``unsupported command 'x'``).
-* ``Slot``: a command sent to one host (simple commands, EVAL by its first key, and multi-key
+* ``Ready`` (``slots.py``): a reply made here (PING, AUTH, ``unsupported command 'x'``...).
+* ``Slot`` (``slots.py``): a command sent to one host (simple commands, EVAL by its first key, and multi-key
   commands whose keys all live on one host); the upstream's reply bytes are relayed verbatim.
 * ``Fanout``: a multi-key command whose keys live on several hosts. Keys are grouped by host and
   each host gets **one** command with its keys (``MGET k1 k3``, ``DEL k2``, ``MSET k1 v1 k3 v3``;
@@ -33,8 +33,8 @@ import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from filters.redis_proxy import commands as cmds
-from filters.redis_proxy.codec import ReplyDecoder
 from filters.redis_proxy.commands import CommandInfo, Kind, Merge
+from filters.redis_proxy.reply_codec import ReplyDecoder
 from filters.redis_proxy.resp import (
     NULL_BULK,
     OK,
@@ -46,6 +46,7 @@ from filters.redis_proxy.resp import (
     encode_error,
     encode_integer,
 )
+from filters.redis_proxy.slots import Slot
 from filters.redis_proxy.stats import CommandStats
 from filters.redis_proxy.upstream import PROTOCOL_ERROR_FRAME
 
@@ -73,47 +74,6 @@ EXTRA_COMMANDS = {b"hello": CommandInfo("hello", Kind.LOCAL)}
 _MAX_SPELLINGS = 4096
 
 _decoder = ReplyDecoder()  # decode_frame only (MGET fragments); a worker is single-threaded
-
-
-class Ready:
-    """A slot whose reply is already known."""
-
-    __slots__ = ("reply",)
-
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-
-
-class Slot:
-    """A slot completed by one upstream reply, relayed verbatim."""
-
-    __slots__ = ("conn", "reply", "start", "stats")
-
-    def __init__(self, conn: Any, stats: CommandStats, start: float) -> None:
-        self.conn = conn
-        self.stats = stats
-        self.start = start
-        self.reply: bytes | None = None
-
-    def on_reply(self, frame: bytes, now: float) -> None:
-        self.reply = frame
-        stats = self.stats
-        stats.success.inc()
-        stats.latency.record((now - self.start) * stats.scale)
-        conn = self.conn
-        if not conn.dirty:
-            conn.dirty = True
-            conn.flusher.add(conn)
-
-    def on_failure(self, frame: bytes) -> None:
-        self.reply = frame
-        stats = self.stats
-        stats.error.inc()
-        conn = self.conn
-        stats.latency.record((conn.loop.time() - self.start) * stats.scale)
-        if not conn.dirty:
-            conn.dirty = True
-            conn.flusher.add(conn)
 
 
 class Fragment:
@@ -176,6 +136,25 @@ class Fanout(Slot):
 
     def _merge_values(self, indices: list[int], frame: bytes, failed: bool) -> None:
         parts = self.parts
+        if not failed and frame[:1] == b"*":
+            # The usual reply, an array of bulk strings and nulls: cut it into its elements'
+            # bytes (the frame was validated by the reply scanner), no decode and re-encode.
+            find = frame.find
+            p = find(b"\r\n") + 2
+            if frame[1:p - 2] == b"%d" % len(indices):
+                elements = []
+                for _ in indices:
+                    if frame[p] != 36:  # not '$': decoded below
+                        break
+                    nl = find(b"\r\n", p)
+                    size = int(frame[p + 1 : nl])
+                    end = nl + 2 if size < 0 else nl + 4 + size
+                    elements.append(frame[p:end])
+                    p = end
+                else:
+                    for i, element in zip(indices, elements, strict=True):
+                        parts[i] = element
+                    return
         value = None if failed else _decoder.decode_frame(frame)
         if failed or isinstance(value, RespError):
             for i in indices:
@@ -382,8 +361,8 @@ def send_multi(conn: Any, router: Router, info: CommandInfo, stats: CommandStats
         sole.send(frame or encode_command(args), slot)
         return
     if pool is not None:  # one route, no prefixes: keys go as they are
-        for_key = pool.for_key
-        ups: list[RedisUpstream | None] = [for_key(key) for key in keys]
+        cached, for_key = pool.key_cache(), pool.for_key
+        ups: list[RedisUpstream | None] = [cached(key) or for_key(key) for key in keys]
         sent_keys = keys
     else:
         ups, sent_keys = [], []
@@ -405,8 +384,9 @@ def send_multi(conn: Any, router: Router, info: CommandInfo, stats: CommandStats
             first.send(encode_command(_with_keys(args, step, range(n_keys), sent_keys)), slot)
         return
     groups: dict[RedisUpstream | None, list[int]] = {}
+    get = groups.get
     for i, up in enumerate(ups):
-        group = groups.get(up)
+        group = get(up)
         if group is None:
             groups[up] = [i]
         else:
@@ -424,12 +404,13 @@ def send_multi(conn: Any, router: Router, info: CommandInfo, stats: CommandStats
 
 def _with_keys(args: list[bytes], step: int, indices: Any, keys: list[bytes]) -> list[bytes]:
     """``args[0]`` followed by the keys at ``indices`` (with their values when ``step`` is 2)."""
-    out = [args[0]]
     if step == 1:
-        out += [keys[i] for i in indices]
-    else:
-        for i in indices:
-            out += (keys[i], args[2 + 2 * i])
+        return [args[0], *[keys[i] for i in indices]]
+    out = [args[0]]
+    append = out.append
+    for i in indices:
+        append(keys[i])
+        append(args[2 + 2 * i])
     return out
 
 

@@ -96,3 +96,4 @@ class RedisClusterStats:
             prefix = f"{self._prefix}upstream_commands.{name}."
             stats = self._commands[name] = UpstreamCommandStats(self._store, prefix)
         return stats
+

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from filters.redis_proxy import commands as cmds
 from filters.redis_proxy.commands import CommandInfo, Kind
 from filters.redis_proxy.resp import EMPTY_ARRAY, OK, QUEUED, encode_command, encode_error
-from filters.redis_proxy.splitter import NO_UPSTREAM_HOST, Slot
+from filters.redis_proxy.slots import Slot
+from filters.redis_proxy.splitter import NO_UPSTREAM_HOST
 from filters.redis_proxy.upstream import NULL_SINK
 
 if TYPE_CHECKING:

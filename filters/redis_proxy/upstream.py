@@ -3,8 +3,10 @@
 **Shape.** A ``RedisUpstream`` is one connection to one host, shared by every downstream client
 of its worker (the pools are in ``pool.py``). It owns a FIFO of *sinks*: the objects waiting for
 a reply (a downstream reply slot, a fragment of a multi-key command, a SCAN page). Redis answers
-a connection's commands in order, so each complete reply frame (``ReplyDecoder.next_raw``)
-completes the sink at the head of the FIFO with the reply's exact bytes.
+a connection's commands in order, so each complete reply frame (``ReplyDecoder.take_raw``: all
+of a read's frames at once) completes the sink at the head of the FIFO with the reply's exact
+bytes. Plain reply slots are completed inline, with their stats counted once per run of one
+client's commands (``slots``).
 
 **Batching.** ``send`` only appends the encoded command to a list and marks the upstream dirty
 with the worker's ``Flusher``, which runs once per event-loop pass (``call_soon``) and writes
@@ -12,7 +14,9 @@ each dirty upstream's commands with one ``transport.write``: all commands of eve
 in that pass go out in one write per host. With ``max_buffer_size_before_flush`` the flush
 waits instead until that many bytes are queued or ``buffer_flush_timeout`` passes (Envoy's
 batching across clients). Replies flow back the same way: sinks fill their downstream slots,
-and each touched downstream writes its completed in-order replies once per pass.
+and each touched downstream writes its completed in-order replies once per pass; a client
+whose only command was answered (``-P 1``) is written at the end of the upstream read instead,
+as it has nothing else to wait for.
 
 **Timeouts and failures.**
 * ``op_timeout``: as Envoy, armed when the first command of a pipeline is written, re-armed on
@@ -52,9 +56,10 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from filters.redis_proxy.codec import ReplyDecoder
 from filters.redis_proxy.commands import UPSTREAM_FAILURE, UPSTREAM_PROTOCOL_ERROR
-from filters.redis_proxy.resp import NEED_DATA, RespProtocolError, encode_error
+from filters.redis_proxy.reply_codec import ReplyDecoder
+from filters.redis_proxy.resp import RespProtocolError, encode_error
+from filters.redis_proxy.slots import Slot, count_replies
 
 if TYPE_CHECKING:
     import asyncio
@@ -286,36 +291,68 @@ class RedisUpstream:
         decoder.feed(data)
         now = pool.loop.time()
         self.last_progress = now
-        pending = self.pending
-        next_raw = decoder.next_raw
         link = self.link
         done = 0
+        alone: list[Any] = []  # clients whose only command was answered: written below
         try:
-            while True:
-                frame = next_raw()
-                if frame is NEED_DATA:
-                    break
-                if self.handshake_pending:
-                    self._handshake_reply(frame)
-                    if self.link is not link:
-                        break
-                    continue
-                if done == self.inflight:  # a reply to nothing we sent
-                    raise RespProtocolError("unexpected reply")
-                done += 1
-                pending.popleft().on_reply(frame, now)
-                if self.link is not link:  # a sink closed this connection
-                    break
+            frames = decoder.take_raw()  # every complete reply of this read, in one call
+            if self.handshake_pending and frames:
+                self._handshake_reply(frames.popleft())
+                if self.link is not link:
+                    return
+            if frames:
+                inflight = self.inflight
+                popleft = self.pending.popleft
+                # Plain slots are completed here (Slot.on_reply inlined), their stats counted
+                # once per run of one client's command read together (slots.count_replies).
+                run_stats: Any = None
+                run_start = 0.0
+                run = 0
+                try:
+                    for frame in frames:
+                        if done == inflight:  # a reply to nothing we sent
+                            raise RespProtocolError("unexpected reply")
+                        done += 1
+                        sink = popleft()
+                        if sink.__class__ is Slot:
+                            sink.reply = frame
+                            if sink.stats is run_stats and sink.start == run_start:
+                                run += 1
+                            else:
+                                if run == 1:  # Slot.on_reply's counting, without a call
+                                    run_stats.success.inc()
+                                    run_stats.latency.record((now - run_start) * run_stats.scale)
+                                elif run:
+                                    count_replies(run_stats, run_start, run, now)
+                                run_stats, run_start, run = sink.stats, sink.start, 1
+                            conn = sink.conn
+                            if not conn.dirty:
+                                conn.dirty = True
+                                if len(conn.slots) == 1:  # nothing else to wait for (-P 1)
+                                    alone.append(conn)
+                                else:  # once per pass, with its replies from other hosts
+                                    conn.flusher.add(conn)
+                        else:
+                            sink.on_reply(frame, now)
+                            if self.link is not link:  # a sink closed this connection
+                                break
+                finally:
+                    if run:
+                        count_replies(run_stats, run_start, run, now)
+            if decoder.error is not None and self.link is link:
+                decoder.take_raw()  # raises it
         except RespProtocolError as exc:
             self._count_done(done, now)
             pool.redis_stats.upstream_cx_protocol_error.inc()
             log.warning("redis upstream %s: protocol error: %s", self.host.key, exc)
             self._drop(PROTOCOL_ERROR_FRAME, close=True)
-            return
-        if self.link is link:
-            self._count_done(done, now)
-            if self.releasing and not self.pending:
-                pool.put_idle(self)
+        else:
+            if self.link is link:
+                self._count_done(done, now)
+                if self.releasing and not self.pending:
+                    pool.put_idle(self)
+        for conn in alone:  # now rather than at the end of the pass: one write either way
+            conn.flush()
 
     def _count_done(self, n: int, now: float) -> None:
         """``n`` replies came in: the counters once, and each command's time since its write."""
@@ -327,14 +364,12 @@ class RedisUpstream:
         host_stats = self.host.stats
         host_stats.rq_active.dec(n)
         host_stats.rq_success.inc(n)
-        record = pool.redis_stats.upstream_rq_time.record
+        histogram = pool.redis_stats.upstream_rq_time
         sent = self.sent
         while n and sent:
             batch = sent[0]
             k = min(batch[0], n)
-            ms = (now - batch[1]) * 1000.0
-            for _ in range(k):
-                record(ms)
+            histogram.record_n((now - batch[1]) * 1000.0, k)
             n -= k
             batch[0] -= k
             if not batch[0]:

@@ -9,7 +9,8 @@ import hiredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filters.redis_proxy.codec import ReplyDecoder, RequestDecoder
+from filters.redis_proxy.codec import RequestDecoder
+from filters.redis_proxy.reply_codec import ReplyDecoder
 from filters.redis_proxy.resp import NEED_DATA, RespError, RespProtocolError, encode_command
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -208,3 +209,58 @@ def test_resp3_raw_frames_round_trip(data: st.DataObject, frames: list[bytes]) -
     assert error is None
     assert items == frames
     assert len(run(ReplyDecoder, chunks)[0]) == len(frames)
+
+
+# -- the batch forms the proxy uses: take() and take_raw() ------------------------------------------
+
+
+def run_batches(
+    make: Callable[[], RequestDecoder | ReplyDecoder], chunks: list[bytes], limit: int = 3
+) -> Outcome:
+    """Like ``run`` through ``take`` (at most ``limit`` commands a call) or ``take_raw``."""
+    decoder = make()
+    items: list[object] = []
+    try:
+        for chunk in chunks:
+            decoder.feed(chunk)
+            while True:
+                if isinstance(decoder, RequestDecoder):
+                    commands, frames = decoder.take(limit)
+                    assert len(commands) == len(frames) <= limit
+                    batch: list[object] = list(commands)
+                else:
+                    batch = list(decoder.take_raw())
+                if not batch:
+                    break
+                items += batch
+    except RespProtocolError:
+        assert decoder.error is not None
+        return items, "error"
+    assert decoder.error is None
+    return items, None
+
+
+@SETTINGS
+@given(data=st.data(), payload=any_bytes)
+def test_batch_takes_yield_what_next_yields(data: st.DataObject, payload: bytes) -> None:
+    """``take``/``take_raw`` return the same items and the same error as ``next``/``next_raw``,
+    however the input is split (commands before an error first, then the error)."""
+    chunks = data.draw(split_points(payload))
+    assert run_batches(lambda: RequestDecoder(keep_frames=True), chunks) == run(RequestDecoder, chunks)
+    assert run_batches(ReplyDecoder, chunks) == run(ReplyDecoder, chunks, raw=True)
+
+
+@SETTINGS
+@given(data=st.data(), batch=commands)
+def test_take_frames_are_the_commands_own_bytes(data: st.DataObject, batch: list[list[bytes]]) -> None:
+    """A frame ``take`` hands back is exactly the bytes of its command, forwarded as they came."""
+    stream = b"".join(encode_command(args) for args in batch)
+    decoder = RequestDecoder(keep_frames=True)
+    got: list[list[bytes]] = []
+    for chunk in data.draw(split_points(stream)):
+        decoder.feed(chunk)
+        commands, frames = decoder.take(1000)
+        for args, frame in zip(commands, frames, strict=True):
+            assert frame is None or frame == encode_command(args)
+            got.append(args)
+    assert got == batch

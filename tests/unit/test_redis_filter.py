@@ -893,3 +893,111 @@ def test_decoder_keeps_the_bytes_of_canonical_commands() -> None:
     decoder.feed(big[20:])
     assert decoder.next_with_frame() == ([b"SET", b"k", b"v" * 100], None)  # it spanned reads
     assert decoder.next_with_frame() is NEED_DATA
+
+
+# ----- batching, key cache, stats shortcuts (the speed work of issue 5) ------------------------------
+
+
+def test_interleaved_clients_one_write_per_host_and_per_client_in_each_clients_order() -> None:
+    """Pipelines of several clients over two hosts: each host gets one write per pass and each
+    client one write of its replies, in its own request order, however the hosts answer."""
+    proxy = Proxy()
+    on_1, on_2 = proxy.keys_on(7001, 6), proxy.keys_on(7002, 6)
+    warm = proxy.client()
+    warm.send([b"GET", on_1[0]], [b"GET", on_2[0]])  # connects both hosts
+    answer(proxy, 7001, b"$-1\r\n")
+    answer(proxy, 7002, b"$-1\r\n")
+    clients = [proxy.client() for _ in range(3)]
+    downstream: list[list[bytes]] = [[] for _ in clients]
+    for c, sink in zip(clients, downstream, strict=True):
+        c.callbacks.write = lambda data, end_stream=False, sink=sink: sink.append(data)  # type: ignore[method-assign]
+    upstream: dict[int, list[bytes]] = {7001: [], 7002: []}
+    for port, written in upstream.items():
+        proxy.worker.conn(port).write = written.append  # type: ignore[method-assign]
+    sent: list[list[bytes]] = []
+    for i, c in enumerate(clients):
+        keys = [on_1[i], on_2[i], on_2[i + 3], on_1[i + 3]]  # alternating hosts: several batches
+        commands = [[b"GET", k] for k in keys]
+        commands.insert(2, [b"PING"])  # answered here, between upstream replies
+        sent.append([k for k in keys])
+        c.filter.on_data(b"".join(hiredis.pack_command(tuple(cmd)) for cmd in commands), False)
+    proxy.loop.run()
+    assert [len(upstream[7001]), len(upstream[7002])] == [1, 1]
+    for port in (7002, 7001):  # the second host answers first; values name their keys
+        reader = hiredis.Reader()
+        reader.feed(upstream[port][0])
+        keys = []
+        while (command := reader.gets()) is not False:
+            keys.append(command[1])
+        assert keys == [k for ks in sent for k in ks if proxy.port_of(k) == port]  # clients' order kept
+        proxy.worker.conn(port).reply(b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in keys))
+    proxy.loop.run()
+    for keys, writes in zip(sent, downstream, strict=True):
+        assert len(writes) == 1
+        reader = hiredis.Reader()
+        reader.feed(writes[0])
+        replies = []
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+        assert replies == [keys[0], keys[1], b"PONG", keys[2], keys[3]]
+    assert proxy.gauges()[P + "downstream_rq_active"] == 0
+
+
+def test_commands_after_quit_in_the_same_read_are_not_counted() -> None:
+    proxy = Proxy(FakeWorker(n_hosts=1))
+    c = proxy.client()
+    c.send([b"GET", b"a"], [b"QUIT"], [b"GET", b"b"], [b"GET", b"c"])
+    assert proxy.served(7001) == [[b"GET", b"a"]]
+    assert proxy.counters()[P + "downstream_rq_total"] == 2
+    answer(proxy, 7001, b"$1\r\nx\r\n")
+    assert c.replies() == [b"x", b"OK"] and c.callbacks.closed
+    assert proxy.gauges()[P + "downstream_rq_active"] == 0
+
+
+def test_key_cache_is_bounded_and_holds_a_working_set_of_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from filters.redis_proxy.pool import ClusterPool
+
+    monkeypatch.setattr(ClusterPool, "CACHE_SIZE", 16)
+    proxy = Proxy()
+    c = proxy.client()
+    pool = c.filter.fast_pool
+    assert pool is not None
+    hashed: list[bytes] = []
+    real_hash = pool.key_hash
+    pool.key_hash = lambda key: hashed.append(key) or real_hash(key)  # type: ignore[method-assign]
+
+    def get_all(keys: list[bytes]) -> None:
+        c.send(*[[b"GET", k] for k in keys])
+        for port in (7001, 7002):
+            n = sum(1 for k in keys if proxy.port_of(k) == port)
+            if n:
+                answer(proxy, port, b"$-1\r\n" * n)
+        assert c.replies() == [None] * len(keys)
+
+    for i in range(10):  # 10 x CACHE_SIZE distinct keys: never more than two generations held
+        get_all([b"k%d" % (16 * i + j) for j in range(16)])
+        assert len(pool._cache) + len(pool._old) <= 2 * ClusterPool.CACHE_SIZE
+    working = [b"w%d" % i for i in range(16)]
+    get_all(working)
+    hashed.clear()
+    for seed in range(5):  # any order: a working set of CACHE_SIZE keys is never hashed again
+        order = working[seed:] + working[:seed]
+        get_all(order[::-1] if seed % 2 else order)
+    assert hashed == []
+
+
+def test_mget_fragments_are_cut_verbatim_and_odd_shapes_still_caught() -> None:
+    proxy = Proxy()
+    a1, a2 = proxy.keys_on(7001, 2)
+    b1, b2 = proxy.keys_on(7002, 2)
+    c = proxy.client()
+    c.send([b"MGET", a1, b1, a2, b2], [b"MGET", a1, b1, a2, b2], [b"MGET", a1, b1, a2, b2])
+    answer(proxy, 7001, b"*2\r\n$0\r\n\r\n$-1\r\n"  # an empty value and a null
+           b"*2\r\n$1\r\nx\r\n:1\r\n"  # an integer where a value belongs
+           b"*3\r\n$1\r\nx\r\n$1\r\ny\r\n$1\r\nz\r\n")  # three values for two keys
+    answer(proxy, 7002, b"*2\r\n$5\r\nb1\r\nX\r\n$2\r\nb2\r\n" * 3)
+    first, second, third = c.replies()
+    assert first == [b"", b"b1\r\nX", None, b"b2"]  # empty and CRLF-holding values intact
+    assert second[0] == b"x" and text(second[2]) == "upstream protocol error"  # ':1' is no value
+    assert [text(third[0]), text(third[2])] == ["upstream protocol error"] * 2  # 3 values for 2 keys
+    assert third[1] == b"b1\r\nX" and third[3] == b"b2"

@@ -10,7 +10,8 @@ import hiredis
 import pytest
 
 from filters.redis_proxy import codec
-from filters.redis_proxy.codec import ReplyDecoder, RequestDecoder
+from filters.redis_proxy.codec import RequestDecoder
+from filters.redis_proxy.reply_codec import ReplyDecoder
 from filters.redis_proxy.resp import (
     NEED_DATA,
     ReplyValue,
