@@ -382,15 +382,18 @@ class RequestDecoder:
             if pos >= end:
                 need = 1
                 break
+            t = buf[pos]
+            own_header = self._size == 0 and pos == start and t == 42
+            if t != 36 and not own_header:  # wrong at once, whatever follows (as hiredis says)
+                raise ib.fail(f"expected '$', got {chr(t)!r}")
             nl = buf.find(b"\r\n", pos + 1, pos + _MAX_HEADER)
             if nl < 0:
                 if end - pos >= _MAX_HEADER:
                     raise ib.fail("invalid length header")
                 need = end - pos + 1
                 break
-            t = buf[pos]
             size = _length(buf, pos + 1, nl)
-            if self._size == 0 and pos == start and t == 42:  # the command's own header
+            if own_header:  # the command's own header
                 if size < 0:
                     raise ib.fail(f"invalid multibulk length {buf[pos + 1 : nl]!r}")
                 if size > self._max_array:
@@ -400,8 +403,6 @@ class RequestDecoder:
                 self._size = pos - start
                 start = pos
                 continue
-            if t != 36:
-                raise ib.fail(f"expected '$', got {chr(t)!r}")
             if size < 0:
                 raise ib.fail(f"invalid bulk length {buf[pos + 1 : nl]!r}")
             if size > self._max_bulk:

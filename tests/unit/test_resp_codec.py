@@ -122,6 +122,7 @@ def test_request_many_elements_over_many_reads() -> None:
         (b"*1\r\n+foo\r\n", "expected '\\$'"),  # hiredis alone would accept this
         (b"*1\r\n:1\r\n", "expected '\\$'"),
         (b"*1\r\n*1\r\n$1\r\na\r\n", "expected '\\$'"),  # nested
+        (b"*1\r\n\x00", "expected '\\$'"),  # a bad type byte is an error before its line ends
         (b"*1\r\n$-1\r\n", "invalid bulk length"),  # null bulk
         (b"*-1\r\n", "invalid multibulk length"),
         (b"*-2\r\n", "invalid multibulk length"),
