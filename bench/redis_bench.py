@@ -13,7 +13,7 @@ Targets: two redis-servers (no persistence) hold the data. ``direct`` is redis-b
 against the first of them alone: every "x direct" ratio is relative to one backend, as in
 the issue. ``twemproxy`` is ``nutcracker`` (Debian's package) in the foreground with
 ``distribution: ketama``, ``hash: fnv1a_64``, ``server_connections: 1`` over both
-backends. ``meshproxy`` is ``python -m meshproxy --concurrency 2`` with an
+backends. ``meshproxy`` is ``python -m meshproxy --concurrency 2`` (``--concurrency N``) with an
 ``envoy.filters.network.redis_proxy`` listener (``catch_all_route``) and a ``RING_HASH``
 STATIC cluster of both backends. Before measuring, every key of the key space is written
 to both backends, so a GET or MGET finds its value wherever a proxy routes it.
@@ -232,15 +232,16 @@ def free_base_id() -> int:
     return next(i for i in range(base, base + 1000) if not any(Path("/dev/shm").glob(f"meshproxy_*_{i}*")))
 
 
-def start_proxy(procs: tcp_bench.Processes, name: str, backends: list[int]) -> Target:
-    """Start one proxy in front of both backends on a new port; returns once it relays GETs."""
+def start_proxy(procs: tcp_bench.Processes, name: str, backends: list[int], concurrency: int = 2) -> Target:
+    """Start one proxy in front of both backends on a new port; returns once it relays GETs.
+    ``concurrency``: meshproxy's workers (twemproxy is always one process)."""
     port, stats_port = tcp_bench.free_ports(2)
     workdir = procs.workdir
     if name == "meshproxy":
         config = workdir / "meshproxy.yaml"
         config.write_text(yaml.safe_dump(meshproxy_config(port, backends), sort_keys=False))
-        argv = [sys.executable, "-m", "meshproxy", "-c", str(config), "--concurrency", "2", "-l", "warning",
-                "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
+        argv = [sys.executable, "-m", "meshproxy", "-c", str(config), "--concurrency", str(concurrency),
+                "-l", "warning", "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
                 "--base-id", str(free_base_id())]
         started = procs.start(name, argv, cwd=REPO)
     elif name == "twemproxy":
@@ -447,6 +448,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="before each workload, wait up to this many seconds for other load to drop "
                              f"under {tcp_bench.QUIET_BUSY * 100:.0f}%% of the CPUs "
                              "(default 60; 0 with --quick)")
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="meshproxy's worker processes (default 2; twemproxy is one process)")
     parser.add_argument("--profile", action="store_true", help="afterwards, py-spy meshproxy's workers")
     parser.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
     args = parser.parse_args(argv)
@@ -471,7 +474,7 @@ def run(procs: tcp_bench.Processes, args: argparse.Namespace) -> None:
     targets = [Target("direct", backends[0])]
     for name in args.only:
         try:
-            targets.append(start_proxy(procs, name, backends))
+            targets.append(start_proxy(procs, name, backends, args.concurrency))
         except RuntimeError as exc:  # one broken proxy should not cost the others' figures
             print(f"skipping {name}: {exc}", flush=True)
     samples = tcp_bench.Samples()
