@@ -565,7 +565,7 @@ def test_op_compressed_left_compressed_when_asked_or_unsupported(monkeypatch):
     message = decode_one(data, decompress=False)
     assert message == Compressed(len(data), 5, 0, OpCode.COMPRESSED, len(data), Compressor.ZLIB, OpCode.MSG,
                                  len(op_msg(FIND)) - 16)  # fmt: skip
-    monkeypatch.setattr("filters.mongo_proxy.codec.SUPPORTED_COMPRESSORS", frozenset({Compressor.NOOP}))
+    monkeypatch.setattr("filters.mongo_proxy.frames.SUPPORTED_COMPRESSORS", frozenset({Compressor.NOOP}))
     assert isinstance(decode_one(data), Compressed)
 
 
