@@ -230,17 +230,8 @@ class RequestDecoder:
         and again on every later call.
         """
         queue = self._queue
-        if queue:
+        if queue or self._parsed(self._in.ready()):
             return queue.popleft()
-        if self._in.ready():
-            try:
-                self._parse()
-            except RespProtocolError as exc:
-                self.error = exc
-                if not queue:
-                    raise
-            if queue:
-                return queue.popleft()
         return NEED_DATA
 
     def next_with_frame(self) -> tuple[list[bytes], bytes | None] | Literal[NeedData.NEED_DATA]:
@@ -252,17 +243,8 @@ class RequestDecoder:
         None for inline commands and commands that spanned reads or were scanned.
         """
         queue = self._queue
-        if not queue:
-            if not self._in.ready():
-                return NEED_DATA
-            try:
-                self._parse()
-            except RespProtocolError as exc:
-                self.error = exc
-                if not queue:
-                    raise
-            if not queue:
-                return NEED_DATA
+        if not queue and not self._parsed(self._in.ready()):
+            return NEED_DATA
         frames = self._frames
         assert frames is not None, "next_with_frame needs RequestDecoder(keep_frames=True)"
         return queue.popleft(), frames.popleft()
@@ -277,17 +259,8 @@ class RequestDecoder:
         raises.
         """
         queue = self._queue
-        if not queue:
-            if not self._in.has_input():
-                return _NOTHING
-            try:
-                self._parse()
-            except RespProtocolError as exc:
-                self.error = exc
-                if not queue:
-                    raise
-            if not queue:
-                return _NOTHING
+        if not queue and not self._parsed(self._in.has_input()):
+            return _NOTHING
         frames = self._frames
         assert frames is not None, "take needs RequestDecoder(keep_frames=True)"
         if len(queue) <= limit:  # hand the queues over whole: no copy
@@ -296,6 +269,20 @@ class RequestDecoder:
             return queue, frames
         popleft, pop_frame = queue.popleft, frames.popleft
         return deque(popleft() for _ in range(limit)), deque(pop_frame() for _ in range(limit))
+
+    def _parsed(self, has_input: bool) -> bool:
+        """Parse the buffered input into the queue (when ``has_input``); True if a command is
+        queued. A protocol error is raised at once when no command precedes it, else it is kept
+        in ``error`` (and raised by the next call, once the queue is empty)."""
+        if not has_input:
+            return False
+        try:
+            self._parse()
+        except RespProtocolError as exc:
+            self.error = exc
+            if not self._queue:
+                raise
+        return bool(self._queue)
 
     def _parse(self) -> None:
         """Queue every complete command in the buffer (one loop per read, not per command)."""

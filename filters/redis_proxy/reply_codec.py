@@ -141,17 +141,8 @@ class ReplyDecoder:
         and again on every later call.
         """
         frames = self._frames
-        if frames:
+        if frames or self._scanned(self._in.ready()):
             return frames.popleft()
-        if self._in.ready():
-            try:
-                self._scan_frames()
-            except RespProtocolError as exc:
-                self.error = exc
-                if not frames:
-                    raise
-            if frames:
-                return frames.popleft()
         return NEED_DATA
 
     def take_raw(self) -> deque[bytes]:
@@ -162,19 +153,24 @@ class ReplyDecoder:
         replies before it come back, ``error`` is set, and the next call raises.
         """
         frames = self._frames
-        if not frames:
-            if not self._in.has_input(fast=not self._left):
-                return _NO_FRAMES
-            try:
-                self._scan_frames()
-            except RespProtocolError as exc:
-                self.error = exc
-                if not frames:
-                    raise
-            if not frames:
-                return _NO_FRAMES
+        if not frames and not self._scanned(self._in.has_input(fast=not self._left)):
+            return _NO_FRAMES
         self._frames = deque()
         return frames
+
+    def _scanned(self, has_input: bool) -> bool:
+        """Queue the complete frames of the buffered input (when ``has_input``); True if a frame
+        is queued. A protocol error is raised at once when no frame precedes it, else it is kept
+        in ``error`` (and raised by the next call, once the queue is empty)."""
+        if not has_input:
+            return False
+        try:
+            self._scan_frames()
+        except RespProtocolError as exc:
+            self.error = exc
+            if not self._frames:
+                raise
+        return bool(self._frames)
 
     def _scan_frames(self) -> None:
         """Queue every complete frame in the buffer (one tight loop: the per-call setup is paid
