@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import hiredis
 import pytest
 
-from filters.redis_proxy import codec
+from filters.redis_proxy import reply_codec
 from filters.redis_proxy.codec import RequestDecoder
 from filters.redis_proxy.reply_codec import ReplyDecoder
 from filters.redis_proxy.resp import (
@@ -449,7 +449,7 @@ def test_benchmark(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
         def run() -> None:
             with monkeypatch.context() as patch:
                 if scanner_only:
-                    patch.setattr(codec, "_FAST_TYPES", frozenset())
+                    patch.setattr(reply_codec, "_FAST_TYPES", frozenset())
                 decoder = ReplyDecoder()
                 drain(decoder, chunks, decoder.next_raw)
 
