@@ -1,4 +1,5 @@
-"""What every benchmark script shares: installing missing tools and describing the machine.
+"""What every benchmark script shares: installing missing tools, describing the machine, and
+meshproxy's tcp_proxy config.
 
 Each script names its own tools (binary -> Debian package) and the versions it reports;
 the mechanics live here once.
@@ -57,3 +58,31 @@ def machine_lines(versions: Mapping[str, list[str]]) -> list[str]:
         f"meshproxy: {first_line([sys.executable, '-m', 'meshproxy', '--version'])}",
         *(f"{label}: {first_line(argv)}" for label, argv in versions.items()),
     ]
+
+
+def tcp_proxy_bootstrap(routes: dict[str, tuple[int, int]]) -> dict[str, object]:
+    """meshproxy's config (Envoy v3 bootstrap): for each ``name: (listen port, upstream port)``,
+    a tcp_proxy listener and a STATIC cluster of that name."""
+    listeners, clusters = [], []
+    for name, (listen, upstream) in routes.items():
+        listeners.append({
+            "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": name,
+                    "cluster": name,
+                },
+            }]}],
+        })
+        clusters.append({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}},
+            }}]}]},
+        })
+    return {"static_resources": {"listeners": listeners, "clusters": clusters}}

@@ -386,31 +386,9 @@ class Proxy:
 
 
 def meshproxy_config(routes: dict[str, tuple[int, int]], admin_port: int) -> dict[str, object]:
-    """Envoy v3 bootstrap: a tcp_proxy listener and a STATIC cluster per route, and an admin."""
-    listeners, clusters = [], []
-    for name, (listen, upstream) in routes.items():
-        listeners.append({
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.tcp_proxy",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": name,
-                    "cluster": name,
-                },
-            }]}],
-        })
-        clusters.append({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}},
-            }}]}]},
-        })
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-            "static_resources": {"listeners": listeners, "clusters": clusters}}
+    """The tcp_proxy routes (benchlib.tcp_proxy_bootstrap) and an admin endpoint."""
+    admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}}
+    return {"admin": admin, **benchlib.tcp_proxy_bootstrap(routes)}
 
 
 class MeshProxy(Proxy):

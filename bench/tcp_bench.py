@@ -239,33 +239,6 @@ def start_servers(procs: Processes) -> Target:
     return Target("direct", redis_port, iperf_port)
 
 
-def meshproxy_config(routes: dict[str, tuple[int, int]]) -> dict[str, object]:
-    """Envoy v3 bootstrap: one tcp_proxy listener and one STATIC cluster per route name."""
-    listeners, clusters = [], []
-    for name, (listen, upstream) in routes.items():
-        listeners.append({
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.tcp_proxy",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": name,
-                    "cluster": name,
-                },
-            }]}],
-        })
-        clusters.append({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}},
-            }}]}]},
-        })
-    return {"static_resources": {"listeners": listeners, "clusters": clusters}}
-
-
 def haproxy_config(routes: dict[str, tuple[int, int]]) -> str:
     lines = ["global", "    nbthread 2", "    maxconn 4096", "",
              "defaults", "    mode tcp", "    option splice-auto", "    timeout connect 5s",
@@ -294,7 +267,7 @@ def start_proxy(procs: Processes, name: str, direct: Target) -> Target:
     workdir = procs.workdir
     if name == "meshproxy":
         config = workdir / "meshproxy.yaml"
-        config.write_text(yaml.safe_dump(meshproxy_config(routes), sort_keys=False))
+        config.write_text(yaml.safe_dump(benchlib.tcp_proxy_bootstrap(routes), sort_keys=False))
         argv = [sys.executable, "-m", "meshproxy", "-c", str(config), "--concurrency", "2", "-l", "warning",
                 "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
                 "--base-id", str(9000 + os.getpid() % 1000)]
