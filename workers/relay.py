@@ -10,7 +10,10 @@ the per-chunk code did is done differently:
   and when either side closes, and reports the deltas to its owner. Bytes received by one
   socket are the bytes written to the other, so two numbers give all four counters. The
   kernel's count includes the peer's FIN as one byte; it is taken off when the socket's
-  state (or an EOF already read) says a FIN came.
+  state says a FIN came. CLOSE is read as "FIN came": a socket that sent its FIN first
+  goes to CLOSE the moment the peer's FIN arrives, before the event loop reads the EOF (a
+  sample taken then must not count the FIN). A reset without a FIN is therefore counted
+  one byte short: the kernel keeps nothing that tells the two apart.
 * **Idle timeout.** TCP_INFO ``tcpi_last_data_recv`` says how long each socket has been quiet.
 * **Everything else** (EOF, close, flow-control watermarks) still reaches the connection's
   Python protocols, unchanged: only ``data_received`` is rebound.
@@ -32,10 +35,10 @@ SAMPLE_INTERVAL_S = 1.0
 
 # struct tcp_info (linux/tcp.h): offsets stable since Linux 4.1.
 _TCP_INFO_LEN = 136
-# tcpi_state values in which the peer's FIN has arrived (TIME_WAIT, CLOSE_WAIT, LAST_ACK,
-# CLOSING); CLOSE (7) is reached by a FIN exchange or by a reset.
-_FIN_RECEIVED_STATES = frozenset((6, 8, 9, 11))
-_CLOSE = 7
+# tcpi_state values in which the peer's FIN has arrived (TIME_WAIT, CLOSE, CLOSE_WAIT,
+# LAST_ACK, CLOSING). An open socket reaches CLOSE from FIN_WAIT2 when the peer's FIN
+# arrives, or by a reset (see the module docstring).
+_FIN_RECEIVED_STATES = frozenset((6, 7, 8, 9, 11))
 _LAST_DATA_RECV = struct.Struct("I")  # at 52, milliseconds
 _BYTES_RECEIVED = struct.Struct("Q")  # at 128
 
@@ -51,17 +54,13 @@ def tcp_info(sock: Any) -> bytes | None:
     return info if len(info) >= _TCP_INFO_LEN else None
 
 
-def bytes_received(sock: Any, eof_read: bool = False) -> int | None:
-    """Payload bytes this TCP socket has received over its life (its FIN not counted).
-
-    ``eof_read``: the protocol has seen EOF on it, which tells a FIN from a reset in CLOSE.
-    """
+def bytes_received(sock: Any) -> int | None:
+    """Payload bytes this TCP socket has received over its life (its FIN not counted)."""
     info = tcp_info(sock)
     if info is None:
         return None
     received: int = _BYTES_RECEIVED.unpack_from(info, 128)[0]
-    state = info[0]
-    if state in _FIN_RECEIVED_STATES or (state == _CLOSE and eof_read):
+    if info[0] in _FIN_RECEIVED_STATES and received:
         received -= 1
     return received
 
@@ -90,13 +89,12 @@ class Relay:
         up.set_protocol(_rebound(up.get_protocol(), down.write))
         down.set_protocol(_rebound(down.get_protocol(), up.write))
 
-    def sample(self, down_eof: bool = False, up_eof: bool = False) -> None:
-        """Report the bytes received since the last sample (sockets already gone count 0).
-        ``down_eof``/``up_eof``: EOF has been read on that side."""
+    def sample(self) -> None:
+        """Report the bytes received since the last sample (sockets already gone count 0)."""
         if self._sampler is None:
             return
-        down = bytes_received(self._down, down_eof)
-        up = bytes_received(self._up, up_eof)
+        down = bytes_received(self._down)
+        up = bytes_received(self._up)
         down_delta = 0 if down is None else down - self._down_seen
         up_delta = 0 if up is None else up - self._up_seen
         if down_delta > 0:
@@ -111,9 +109,9 @@ class Relay:
         quiet = [q for q in (quiet_seconds(self._down), quiet_seconds(self._up)) if q is not None]
         return min(quiet) if quiet else 0.0
 
-    def stop(self, down_eof: bool = False, up_eof: bool = False) -> None:
+    def stop(self) -> None:
         """Take a last sample and stop sampling; call before either descriptor closes."""
-        self.sample(down_eof, up_eof)
+        self.sample()
         if self._sampler is not None:
             self._sampler.discard(self)
             self._sampler = None

@@ -104,7 +104,7 @@ class TcpProxyFilter(NetworkFilter):
         if end_stream:
             self.downstream_eof = True
             if self.relay is not None:
-                self.relay.sample(True, self.upstream_eof)
+                self.relay.sample()
             upstream.write_eof()
             if self.upstream_eof:
                 self.callbacks.close()
@@ -146,7 +146,7 @@ class TcpProxyFilter(NetworkFilter):
     def on_upstream_eof(self) -> None:
         self.upstream_eof = True
         if self.relay is not None:
-            self.relay.sample(self.downstream_eof, True)
+            self.relay.sample()
         self.callbacks.write(b"", end_stream=True)
 
     def on_upstream_closed(self, exc: Exception | None) -> None:
@@ -215,7 +215,7 @@ class TcpProxyFilter(NetworkFilter):
     def _stop_relay(self) -> None:
         relay, self.relay = self.relay, None
         if relay is not None:
-            relay.stop(self.downstream_eof, self.upstream_eof)
+            relay.stop()
 
     def _request_started(self) -> None:
         """An upstream connection is one active request to its host (LEAST_REQUEST, /clusters)."""

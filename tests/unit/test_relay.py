@@ -38,11 +38,27 @@ def test_bytes_received_counts_payload_not_the_fin() -> None:
         assert bytes_received(accepted) == 12345
         client.shutdown(socket.SHUT_WR)  # the FIN advances the kernel's count by one
         assert accepted.recv(1) == b""
-        assert bytes_received(accepted, eof_read=True) == 12345  # CLOSE_WAIT
+        assert bytes_received(accepted) == 12345  # CLOSE_WAIT
         accepted.shutdown(socket.SHUT_WR)
         assert client.recv(1) == b""
         time.sleep(0.05)  # our FIN acknowledged: accepted is in CLOSE
-        assert bytes_received(accepted, eof_read=True) == 12345
+        assert bytes_received(accepted) == 12345
+
+
+def test_fin_not_counted_before_the_eof_is_read() -> None:
+    # The side that sends its FIN first goes to CLOSE as soon as the peer's FIN arrives,
+    # before anyone reads the EOF: a relay sample can land in that moment.
+    client, accepted = tcp_pair()
+    with client, accepted:
+        accepted.shutdown(socket.SHUT_WR)
+        assert client.recv(1) == b""
+        client.sendall(b"y" * 100)
+        client.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 7  # CLOSE
+        assert bytes_received(accepted) == 100  # nothing read yet, FIN left out
+        assert recv_all(accepted, 100) == b"y" * 100 and accepted.recv(1) == b""
+        assert bytes_received(accepted) == 100
 
 
 def test_quiet_seconds_grows_while_nothing_arrives() -> None:
