@@ -104,9 +104,14 @@ class ConnectAttempt:
 
     ``done(conn, failure)`` is called exactly once: with the connected protocol and "",
     or with None and "connect_fail" / "connect_timeout" / "cancelled".
+
+    The timeout is about the host: a handshake the kernel has completed is not timed out
+    because a busy event loop ran the timer before the connect's completion (libuv runs
+    due timers before it polls for I/O, so after a stall of a second both are ready and
+    the timer wins).
     """
 
-    __slots__ = ("_done", "_task", "_timer", "cluster", "host", "started")
+    __slots__ = ("_done", "_sock", "_task", "_timer", "cluster", "host", "started")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cluster: ClusterRuntime, host: Host,
                  protocol: UpstreamConnection, done: ConnectDone) -> None:
@@ -116,7 +121,9 @@ class ConnectAttempt:
         self.started = time.monotonic()
         cluster.stats.upstream_cx_total.inc()
         host.stats.cx_total.inc()
-        self._task = loop.create_task(_open(loop, host, protocol))
+        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._task = loop.create_task(_open(loop, self._sock, host, protocol))
         self._task.add_done_callback(self._finished)
         self._timer = loop.call_later(cluster.connect_timeout, self._timed_out)
 
@@ -129,6 +136,9 @@ class ConnectAttempt:
     def _timed_out(self) -> None:
         done, self._done = self._done, None
         if done is None:
+            return
+        if _handshake_done(self._sock):
+            self._done = done  # _finished reports it, at most a loop iteration or two away
             return
         self._task.cancel()
         self.cluster.stats.upstream_cx_connect_timeout.inc()
@@ -159,10 +169,16 @@ class ConnectAttempt:
         done(conn, "")
 
 
-async def _open(loop: asyncio.AbstractEventLoop, host: Host,
+def _handshake_done(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()  # ENOTCONN until the handshake completes; leaves SO_ERROR alone
+    except OSError:
+        return False
+    return True
+
+
+async def _open(loop: asyncio.AbstractEventLoop, sock: socket.socket, host: Host,
                 protocol: UpstreamConnection) -> UpstreamConnection:
-    family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
