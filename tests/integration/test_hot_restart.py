@@ -47,7 +47,9 @@ def config_for(admin: int, upstream: Upstream, port: int) -> dict[str, Any]:
 def admin_config(admin: int, upstream: int, listeners: dict[str, int]) -> dict[str, Any]:
     config = bootstrap([listener(name, port, tcp_proxy_filter("backend", stat_prefix=name))
                         for name, port in listeners.items()],
-                       [static_cluster("backend", [upstream])])
+                       # Envoy's default connect timeout: the reload tests are about dropped
+                       # connections, and a loaded CI host can stall a worker for over a second.
+                       [static_cluster("backend", [upstream], connect_timeout="5s")])
     config["admin"] = {"address": socket_address(admin)}
     return config
 
