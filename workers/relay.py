@@ -17,6 +17,10 @@ the per-chunk code did is done differently:
 * **Idle timeout.** TCP_INFO ``tcpi_last_data_recv`` says how long each socket has been quiet.
 * **Everything else** (EOF, close, flow-control watermarks) still reaches the connection's
   Python protocols, unchanged: only ``data_received`` is rebound.
+* **Bulk.** A direction that carried at least ``SPLICE_AUTO_BYTES`` in the last second is
+  switched to ``splice(2)`` (``workers/splice.py``), which skips the copies through user
+  space; like HAProxy's ``option splice-auto``, small request/response traffic is left on
+  uvloop's compiled path, which is cheaper per read.
 
 A socket's counters are read while its file descriptor is known to be open: from the owner's
 event callbacks, which run before uvloop closes the descriptor, and from the sampler until
@@ -31,7 +35,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from workers.splice import SplicedDirection
+
 SAMPLE_INTERVAL_S = 1.0
+SPLICE_AUTO_BYTES = 8 * 1024 * 1024  # per direction per sample interval
 
 # struct tcp_info (linux/tcp.h): offsets stable since Linux 4.1.
 _TCP_INFO_LEN = 136
@@ -74,16 +81,20 @@ def quiet_seconds(sock: Any) -> float | None:
 class Relay:
     """Two joined transports; reports the bytes they carry to ``on_bytes(down_rx, up_rx)``."""
 
-    __slots__ = ("_down", "_down_seen", "_on_bytes", "_sampler", "_up", "_up_seen")
+    __slots__ = ("_down", "_down_at_tick", "_down_seen", "_down_transport", "_on_bytes", "_sampler",
+                 "_spliced", "_up", "_up_at_tick", "_up_seen", "_up_transport")
 
     def __init__(self, down: asyncio.Transport, up: asyncio.Transport, down_seen: int, up_seen: int,
                  on_bytes: BytesCallback) -> None:
         """``down_seen``/``up_seen``: the bytes each socket received that were already counted."""
+        self._down_transport = down
+        self._up_transport = up
         self._down = down.get_extra_info("socket")
         self._up = up.get_extra_info("socket")
-        self._down_seen = down_seen
-        self._up_seen = up_seen
+        self._down_seen = self._down_at_tick = down_seen
+        self._up_seen = self._up_at_tick = up_seen
         self._on_bytes = on_bytes
+        self._spliced: dict[str, SplicedDirection] = {}
         self._sampler: RelaySampler | None = RelaySampler.for_loop(asyncio.get_running_loop())
         self._sampler.add(self)
         up.set_protocol(_rebound(up.get_protocol(), down.write))
@@ -104,6 +115,32 @@ class Relay:
         if down_delta > 0 or up_delta > 0:
             self._on_bytes(max(down_delta, 0), max(up_delta, 0))
 
+    def on_tick(self) -> None:
+        """The sampler's once-a-second visit: count, then splice any direction carrying bulk."""
+        self.sample()
+        if self._sampler is None:
+            return
+        if self._down_seen - self._down_at_tick >= SPLICE_AUTO_BYTES:
+            self._splice("downstream->upstream", self._down_transport, self._up_transport)
+        if self._up_seen - self._up_at_tick >= SPLICE_AUTO_BYTES:
+            self._splice("upstream->downstream", self._up_transport, self._down_transport)
+        self._down_at_tick, self._up_at_tick = self._down_seen, self._up_seen
+
+    def _splice(self, name: str, src: Any, dst: Any) -> None:
+        current = self._spliced.get(name)
+        if current is not None and current.active:
+            return
+        # Safe only with nothing queued in uvloop for the destination (the splice would
+        # overtake it) and the source not paused by flow control; else the next second.
+        if src.is_reading() and not src.is_closing() and not dst.is_closing() \
+                and dst.get_write_buffer_size() == 0:
+            self._spliced[name] = SplicedDirection(asyncio.get_running_loop(), src, dst, name)
+
+    @property
+    def spliced(self) -> list[str]:
+        """The directions currently spliced (for tests and debugging)."""
+        return [name for name, direction in self._spliced.items() if direction.active]
+
     def quiet_seconds(self) -> float:
         """How long neither socket has received data (0 when unknown)."""
         quiet = [q for q in (quiet_seconds(self._down), quiet_seconds(self._up)) if q is not None]
@@ -112,6 +149,8 @@ class Relay:
     def stop(self) -> None:
         """Take a last sample and stop sampling; call before either descriptor closes."""
         self.sample()
+        for direction in self._spliced.values():
+            direction.stop()
         if self._sampler is not None:
             self._sampler.discard(self)
             self._sampler = None
@@ -152,6 +191,6 @@ class RelaySampler:
     def _tick(self) -> None:
         self._timer = None
         for relay in list(self.relays):
-            relay.sample()
+            relay.on_tick()
         if self.relays:
             self._timer = self.loop.call_later(SAMPLE_INTERVAL_S, self._tick)
