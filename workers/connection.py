@@ -161,7 +161,8 @@ class DownstreamConnection(asyncio.Protocol):
         up_transport = getattr(upstream, "transport", None)
         if up_transport is None or up_transport.is_closing():
             return None
-        return Relay(self.transport, up_transport, down_seen, up_seen, on_bytes)  # type: ignore[arg-type]
+        return Relay(self.transport, up_transport, down_seen, up_seen, on_bytes,  # type: ignore[arg-type]
+                     hold_down=self.read_disable, hold_up=upstream.hold_reading)
 
     def write(self, data: bytes, end_stream: bool = False) -> None:
         transport = self.transport

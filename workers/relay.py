@@ -20,7 +20,10 @@ the per-chunk code did is done differently:
 * **Bulk.** A direction that carried at least ``SPLICE_AUTO_BYTES`` in the last second is
   switched to ``splice(2)`` (``workers/splice.py``), which skips the copies through user
   space; like HAProxy's ``option splice-auto``, small request/response traffic is left on
-  uvloop's compiled path, which is cheaper per read.
+  uvloop's compiled path, which is cheaper per read. The switch holds the source (the
+  connection's counted read-disable, which flow control cannot undo), waits until uvloop
+  has written out everything queued for the destination, and only then splices, so no
+  byte overtakes another.
 
 A socket's counters are read while its file descriptor is known to be open: from the owner's
 event callbacks, which run before uvloop closes the descriptor, and from the sampler until
@@ -39,6 +42,7 @@ from workers.splice import SplicedDirection
 
 SAMPLE_INTERVAL_S = 1.0
 SPLICE_AUTO_BYTES = 8 * 1024 * 1024  # per direction per sample interval
+_DRAIN_POLL_S = 0.005  # while switching: how often to look at the destination's queue
 
 # struct tcp_info (linux/tcp.h): offsets stable since Linux 4.1.
 _TCP_INFO_LEN = 136
@@ -50,6 +54,7 @@ _LAST_DATA_RECV = struct.Struct("I")  # at 52, milliseconds
 _BYTES_RECEIVED = struct.Struct("Q")  # at 128
 
 BytesCallback = Callable[[int, int], None]
+Hold = Callable[[bool], None]  # hold(True) stops reading a side, counted; hold(False) releases
 
 
 def tcp_info(sock: Any) -> bytes | None:
@@ -81,21 +86,26 @@ def quiet_seconds(sock: Any) -> float | None:
 class Relay:
     """Two joined transports; reports the bytes they carry to ``on_bytes(down_rx, up_rx)``."""
 
-    __slots__ = ("_down", "_down_at_tick", "_down_seen", "_down_transport", "_on_bytes", "_sampler",
-                 "_spliced", "_up", "_up_at_tick", "_up_seen", "_up_transport")
+    __slots__ = ("_down", "_down_at_tick", "_down_seen", "_hold_down", "_hold_up", "_loop", "_on_bytes",
+                 "_sampler", "_spliced", "_switching", "_transports", "_up", "_up_at_tick", "_up_seen")
 
     def __init__(self, down: asyncio.Transport, up: asyncio.Transport, down_seen: int, up_seen: int,
-                 on_bytes: BytesCallback) -> None:
-        """``down_seen``/``up_seen``: the bytes each socket received that were already counted."""
-        self._down_transport = down
-        self._up_transport = up
+                 on_bytes: BytesCallback, hold_down: Hold | None = None, hold_up: Hold | None = None) -> None:
+        """``down_seen``/``up_seen``: the bytes each socket received that were already counted.
+        ``hold_down``/``hold_up``: the owner's counted read-disable per side (default: pause
+        the transport, for owners without flow control of their own)."""
+        self._loop = asyncio.get_running_loop()
+        self._transports = {"downstream": down, "upstream": up}
+        self._hold_down = hold_down or _transport_hold(down)
+        self._hold_up = hold_up or _transport_hold(up)
         self._down = down.get_extra_info("socket")
         self._up = up.get_extra_info("socket")
         self._down_seen = self._down_at_tick = down_seen
         self._up_seen = self._up_at_tick = up_seen
         self._on_bytes = on_bytes
         self._spliced: dict[str, SplicedDirection] = {}
-        self._sampler: RelaySampler | None = RelaySampler.for_loop(asyncio.get_running_loop())
+        self._switching: set[str] = set()
+        self._sampler: RelaySampler | None = RelaySampler.for_loop(self._loop)
         self._sampler.add(self)
         up.set_protocol(_rebound(up.get_protocol(), down.write))
         down.set_protocol(_rebound(down.get_protocol(), up.write))
@@ -121,25 +131,35 @@ class Relay:
         if self._sampler is None:
             return
         if self._down_seen - self._down_at_tick >= SPLICE_AUTO_BYTES:
-            self._splice("downstream->upstream", self._down_transport, self._up_transport)
+            self._start_switch("downstream", "upstream", self._hold_down)
         if self._up_seen - self._up_at_tick >= SPLICE_AUTO_BYTES:
-            self._splice("upstream->downstream", self._up_transport, self._down_transport)
+            self._start_switch("upstream", "downstream", self._hold_up)
         self._down_at_tick, self._up_at_tick = self._down_seen, self._up_seen
 
-    def _splice(self, name: str, src: Any, dst: Any) -> None:
+    def _start_switch(self, src: str, dst: str, hold: Hold) -> None:
+        name = f"{src}->{dst}"
         current = self._spliced.get(name)
-        if current is not None and current.active:
+        if name in self._switching or (current is not None and current.active):
             return
-        # Safe only with nothing queued in uvloop for the destination (the splice would
-        # overtake it) and the source not paused by flow control; else the next second.
-        if src.is_reading() and not src.is_closing() and not dst.is_closing() \
-                and dst.get_write_buffer_size() == 0:
-            self._spliced[name] = SplicedDirection(asyncio.get_running_loop(), src, dst, name)
+        self._switching.add(name)
+        hold(True)
+        self._finish_switch(name, src, dst, hold, self._loop.time() + SAMPLE_INTERVAL_S)
 
-    @property
-    def spliced(self) -> list[str]:
-        """The directions currently spliced (for tests and debugging)."""
-        return [name for name, direction in self._spliced.items() if direction.active]
+    def _finish_switch(self, name: str, src: str, dst: str, hold: Hold, deadline: float) -> None:
+        """Splice once uvloop has written out what it queued for ``dst`` (else it would be
+        overtaken); give up, releasing the hold, if that takes past ``deadline``."""
+        if name not in self._switching:  # stop() came first
+            return
+        src_transport, dst_transport = self._transports[src], self._transports[dst]
+        if src_transport.is_closing() or dst_transport.is_closing() or self._loop.time() > deadline:
+            self._switching.discard(name)
+            hold(False)
+        elif dst_transport.get_write_buffer_size():
+            self._loop.call_later(_DRAIN_POLL_S, self._finish_switch, name, src, dst, hold, deadline)
+        else:
+            self._switching.discard(name)
+            self._spliced[name] = SplicedDirection(self._loop, src_transport, dst_transport, name,
+                                                   release=lambda: hold(False))
 
     def quiet_seconds(self) -> float:
         """How long neither socket has received data (0 when unknown)."""
@@ -149,11 +169,19 @@ class Relay:
     def stop(self) -> None:
         """Take a last sample and stop sampling; call before either descriptor closes."""
         self.sample()
+        self._switching.clear()  # the connection is closing: holds no longer matter
         for direction in self._spliced.values():
             direction.stop()
         if self._sampler is not None:
             self._sampler.discard(self)
             self._sampler = None
+
+
+def _transport_hold(transport: Any) -> Hold:
+    def hold(on: bool) -> None:
+        if not transport.is_closing():
+            (transport.pause_reading if on else transport.resume_reading)()
+    return hold
 
 
 def _rebound(protocol: Any, sink: Callable[[bytes], object]) -> Any:

@@ -1,19 +1,20 @@
 """Splice mode: a relayed direction carrying bulk data moves it with ``os.splice``.
 
-Relay mode (``workers/relay.py``) still copies every byte twice through user space (kernel
-to uvloop's read buffer, a ``bytes`` object, back to the kernel). ``splice(2)`` from a
+Relay mode (``workers/relay.py``) still copies every byte three times: into uvloop's read
+buffer, into a ``bytes`` object, and back into the kernel. ``splice(2)`` from a
 socket into a pipe and from the pipe into the other socket moves page references
 instead: on loopback it cost 0.4x relay mode's CPU per GB (bench/splice_probe.py). For
 small request/response traffic it would cost more (a Python callback per read instead of
 uvloop's compiled read), so, like HAProxy's ``option splice-auto``, a relay switches one
 direction to splicing only once it carries bulk data (``Relay`` decides, once a second).
 
-While a direction is spliced, its source transport is paused and this object reads the
-socket through a duplicate descriptor. Backpressure is the pipe: when the destination
+While a direction is spliced, its source is held (reading stopped, in the connection's
+counted way, so flow control cannot restart it) and this object reads the socket through a
+duplicate descriptor. Backpressure is the pipe: when the destination
 socket is full, the source is not read until the pipe drains, so memory stays at most
 one pipe (1 MiB) per direction. EOF and errors are left to uvloop: with the pipe empty,
-the source transport resumes reading and meets them on its own path, so half-close,
-close and error handling are unchanged.
+the hold is released, the source transport reads again and meets them on its own path,
+so half-close, close and error handling are unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -34,15 +36,16 @@ _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 class SplicedDirection:
     """``src`` socket -> pipe -> ``dst`` socket until EOF or an error, then back to uvloop."""
 
-    __slots__ = ("_dst", "_loop", "_pending", "_pipe_r", "_pipe_w", "_size", "_src",
-                 "_src_transport", "_waiting_for_dst", "name")
+    __slots__ = ("_dst", "_loop", "_pending", "_pipe_r", "_pipe_w", "_release", "_size", "_src",
+                 "_waiting_for_dst", "name")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, src_transport: Any, dst_transport: Any,
-                 name: str) -> None:
-        """Call only while ``dst_transport`` has nothing buffered and ``src_transport`` reads."""
+                 name: str, release: Callable[[], None]) -> None:
+        """Call only while the source is held (not read by uvloop) and ``dst_transport`` has
+        nothing buffered; ``release()`` ends the hold when the socket is handed back."""
         self.name = name
         self._loop = loop
-        self._src_transport = src_transport
+        self._release = release
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # EPERM past the per-user pipe budget: default size
             fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -52,7 +55,6 @@ class SplicedDirection:
         self._dst = os.dup(dst_transport.get_extra_info("socket").fileno())
         self._pending = 0
         self._waiting_for_dst = False
-        src_transport.pause_reading()
         loop.add_reader(self._src, self._on_readable)
         log.debug("relay: splicing %s", name)
 
@@ -94,10 +96,8 @@ class SplicedDirection:
 
     def _hand_back(self) -> None:
         """EOF or an error, with the pipe empty: uvloop reads the source again."""
-        transport = self._src_transport
         self.stop()
-        if not transport.is_closing():
-            transport.resume_reading()
+        self._release()
 
     def stop(self) -> None:
         """Release the pipe and the duplicate descriptors (the connection is closing)."""

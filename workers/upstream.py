@@ -29,7 +29,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.connected_at = 0.0
         self.closed_locally = False
-        self._reading_paused = False
+        self._reading_paused = False  # by flow control
+        self._read_holds = 0  # by others (a relay switching to splice): counted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
@@ -84,7 +85,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self._reading_paused and self.transport is not None and not self.transport.is_closing():
             self._reading_paused = False
             self.cluster.stats.upstream_flow_control_resumed_reading_total.inc()
-            self.transport.resume_reading()
+            if not self._read_holds:
+                self.transport.resume_reading()
+
+    def hold_reading(self, hold: bool) -> None:
+        """Stop reading until as many releases as holds; flow control cannot resume it meanwhile."""
+        self._read_holds += 1 if hold else -1
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if hold and self._read_holds == 1:
+            transport.pause_reading()
+        elif not hold and not self._read_holds and not self._reading_paused:
+            transport.resume_reading()
 
     def close(self, flush: bool = True) -> None:
         if self.transport is None or self.closed_locally:
@@ -121,9 +134,8 @@ class ConnectAttempt:
         self.started = time.monotonic()
         cluster.stats.upstream_cx_total.inc()
         host.stats.cx_total.inc()
-        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._task = loop.create_task(_open(loop, self._sock, host, protocol))
+        self._sock: socket.socket | None = None
+        self._task = loop.create_task(self._open(loop, protocol))
         self._task.add_done_callback(self._finished)
         self._timer = loop.call_later(cluster.connect_timeout, self._timed_out)
 
@@ -137,7 +149,7 @@ class ConnectAttempt:
         done, self._done = self._done, None
         if done is None:
             return
-        if _handshake_done(self._sock):
+        if self._sock is not None and _handshake_done(self._sock):
             self._done = done  # _finished reports it, at most a loop iteration or two away
             return
         self._task.cancel()
@@ -168,6 +180,21 @@ class ConnectAttempt:
         self.host.stats.cx_active.inc()
         done(conn, "")
 
+    async def _open(self, loop: asyncio.AbstractEventLoop,
+                    protocol: UpstreamConnection) -> UpstreamConnection:
+        host = self.host
+        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        sock = self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, (host.address, host.port))
+            await loop.create_connection(lambda: protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return protocol
+
 
 def _handshake_done(sock: socket.socket) -> bool:
     try:
@@ -176,15 +203,3 @@ def _handshake_done(sock: socket.socket) -> bool:
         return False
     return True
 
-
-async def _open(loop: asyncio.AbstractEventLoop, sock: socket.socket, host: Host,
-                protocol: UpstreamConnection) -> UpstreamConnection:
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await loop.sock_connect(sock, (host.address, host.port))
-        await loop.create_connection(lambda: protocol, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-    return protocol

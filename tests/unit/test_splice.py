@@ -54,7 +54,10 @@ async def spliced_pair(loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, 
     src, dst = Side(), Side()
     await loop.create_connection(lambda: src, sock=src_sock)
     await loop.create_connection(lambda: dst, sock=dst_sock)
-    direction = SplicedDirection(loop, src.transport, dst.transport, "client->server")
+    assert src.transport is not None
+    src.transport.pause_reading()  # the hold a relay takes before it splices
+    direction = SplicedDirection(loop, src.transport, dst.transport, "client->server",
+                                 release=src.transport.resume_reading)
     return client, src, dst, server, direction
 
 

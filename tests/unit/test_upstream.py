@@ -1,4 +1,5 @@
-"""workers/upstream.py ConnectAttempt on a real uvloop loop and real sockets on 127.0.0.1."""
+"""workers/upstream.py on a real uvloop loop and real sockets on 127.0.0.1: the connect
+attempt and the upstream connection's read holds."""
 
 from __future__ import annotations
 
@@ -90,3 +91,47 @@ def test_a_host_that_does_not_answer_still_times_out() -> None:
                 filler.close()
     assert failure == "connect_timeout" and conn is None
     assert elapsed < 2.0
+
+
+def test_flow_control_cannot_resume_a_held_upstream() -> None:
+    # A relay switching a direction to splice holds the upstream's reading; flow control's
+    # resume (the downstream drained) must not restart uvloop's reads under the splice.
+    states: list[tuple[str, bool]] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            cluster = cluster_for(port, 1.0)
+            host = cluster.hosts[0]
+            conn = UpstreamConnection(Owner(), cluster, host, 1 << 20)
+            connected = loop.create_future()
+            ConnectAttempt(loop, cluster, host, conn, lambda c, failure: connected.set_result(failure))
+            assert await asyncio.wait_for(connected, 5) == ""
+            transport = conn.transport
+            assert transport is not None
+
+            def note(step: str) -> None:
+                states.append((step, transport.is_reading()))
+
+            conn.pause_reading()  # flow control: the downstream is backed up
+            conn.hold_reading(True)
+            conn.resume_reading()  # the downstream drained
+            note("held, flow control resumed")
+            conn.hold_reading(True)
+            conn.hold_reading(False)
+            note("one of two holds released")
+            conn.hold_reading(False)
+            note("all released")
+            conn.hold_reading(True)
+            conn.pause_reading()
+            conn.hold_reading(False)
+            note("released while flow control pauses")
+            conn.resume_reading()
+            note("flow control resumed")
+            transport.close()
+
+    uvloop.run(run())
+    assert states == [("held, flow control resumed", False), ("one of two holds released", False),
+                      ("all released", True), ("released while flow control pauses", False),
+                      ("flow control resumed", True)]
