@@ -109,7 +109,9 @@ class ShortConnections(threading.Thread):
         payload = os.urandom(1024)
         while not self.stop.is_set():
             try:
-                with socket.create_connection((LOCALHOST, self.port), timeout=5) as sock:
+                # A slow answer is not a dropped connection: a loaded CI host can stall every
+                # process for seconds while a new generation starts.
+                with socket.create_connection((LOCALHOST, self.port), timeout=15) as sock:
                     sock.sendall(payload)
                     got = b""
                     while len(got) < len(payload):
@@ -197,7 +199,10 @@ def test_five_reloads_under_load_drop_nothing(start_proxy: StartProxy, start_ups
                                              tmp_path: Path) -> None:
     upstream = start_upstream(echo_handler)
     admin, port = free_port(), free_port()
-    _proxy, _config, pid_file = start(start_proxy, tmp_path, config_for(admin, upstream, port))
+    # The first generation holds the streams to the end: its drain time must outlast five
+    # reloads, which take a minute or more on a loaded 2-core CI host.
+    _proxy, _config, pid_file = start(start_proxy, tmp_path, config_for(admin, upstream, port),
+                                      drain=600, shutdown=900)
     streams = [Stream(port) for _ in range(20)]
     shorts = [ShortConnections(port) for _ in range(2)]
     watch = CounterWatch(admin)
