@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import re
 import select
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -484,6 +486,13 @@ def recv_until_eof(sock: socket.socket) -> bytes:
     while chunk := sock.recv(1 << 20):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def admin_stats(admin_port: int) -> dict[str, int]:
+    """Every counter and gauge from the admin endpoint's ``/stats?format=json``, by name."""
+    url = f"http://{LOCALHOST}:{admin_port}/stats?format=json"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return {s["name"]: s["value"] for s in json.loads(response.read())["stats"] if "name" in s}
 
 
 def roundtrip(sock: socket.socket, data: bytes) -> bytes:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import textwrap
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from integration.harness import (
     LOCALHOST,
     MeshProxy,
     Upstream,
+    admin_stats,
     bootstrap,
     echo_handler,
     free_port,
@@ -47,10 +46,6 @@ UPPERCASE_FILTER = textwrap.dedent('''
 ''')
 
 
-def stats(admin: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://{LOCALHOST}:{admin}/stats?format=json", timeout=5) as response:
-        return {s["name"]: s["value"] for s in json.loads(response.read())["stats"] if "name" in s}
-
 
 def test_a_filter_that_reads_data_keeps_seeing_every_chunk(
         start_proxy: StartProxy, start_upstream: StartUpstream, tmp_path: Path) -> None:
@@ -77,7 +72,7 @@ def test_relayed_bytes_are_counted_while_the_connection_stays_open(
                           [static_cluster("backend", [upstream.port])]),
               "admin": {"address": socket_address(admin)}}
     proxy = start_proxy(config)
-    before = stats(admin)
+    before = admin_stats(admin)
     payload = os.urandom(300_000)
     with socket.create_connection((LOCALHOST, proxy.port), timeout=5) as sock:
         sock.sendall(payload)
@@ -86,7 +81,7 @@ def test_relayed_bytes_are_counted_while_the_connection_stays_open(
                  "cluster.backend.upstream_cx_tx_bytes_total", "cluster.backend.upstream_cx_rx_bytes_total")
 
         def counted() -> dict[str, int] | None:
-            now = stats(admin)
+            now = admin_stats(admin)
             deltas = {n: now.get(n, 0) - before.get(n, 0) for n in names}
             return deltas if all(d == len(payload) for d in deltas.values()) else None
 

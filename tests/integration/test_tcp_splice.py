@@ -4,18 +4,16 @@ keep every byte, the counters, half-close and flow control."""
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 
 from integration.harness import (
-    LOCALHOST,
     MeshProxy,
     Upstream,
+    admin_stats,
     bootstrap,
     connect,
     echo_handler,
@@ -34,10 +32,6 @@ CHUNK = random.Random(7).randbytes(256 * 1024)
 BULK_S = 2.5  # past two samples of the relay (one a second): both directions get spliced
 
 
-def stats(admin: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://{LOCALHOST}:{admin}/stats?format=json", timeout=5) as response:
-        return {s["name"]: s["value"] for s in json.loads(response.read())["stats"] if "name" in s}
-
 
 def proxy_with_admin(start_proxy: StartProxy, upstream: Upstream) -> tuple[MeshProxy, int]:
     admin = free_port()
@@ -50,7 +44,7 @@ def proxy_with_admin(start_proxy: StartProxy, upstream: Upstream) -> tuple[MeshP
 def test_bulk_echo_is_spliced_both_ways_and_keeps_every_byte(
         start_proxy: StartProxy, start_upstream: StartUpstream) -> None:
     proxy, admin = proxy_with_admin(start_proxy, start_upstream(echo_handler))
-    before = stats(admin)
+    before = admin_stats(admin)
     sent, received = hashlib.sha256(), hashlib.sha256()
     counts = {"sent": 0, "received": 0}
 
@@ -80,7 +74,7 @@ def test_bulk_echo_is_spliced_both_ways_and_keeps_every_byte(
              "cluster.backend.upstream_cx_tx_bytes_total", "cluster.backend.upstream_cx_rx_bytes_total")
 
     def counted() -> dict[str, int] | None:
-        now = stats(admin)
+        now = admin_stats(admin)
         deltas = {n: now.get(n, 0) - before.get(n, 0) for n in names}
         return deltas if all(d == counts["sent"] for d in deltas.values()) else None
 

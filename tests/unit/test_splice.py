@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import socket
+from dataclasses import dataclass
 
 import pytest
 import uvloop
@@ -44,9 +45,26 @@ def loop() -> asyncio.AbstractEventLoop:
     loop.close()
 
 
-async def spliced_pair(loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, Side, Side, socket.socket,
-                                                                 SplicedDirection]:
-    """client -> [src transport | splice | dst transport] -> server."""
+@dataclass
+class Rig:
+    """client -> [src transport | splice | dst transport] -> server, all on 127.0.0.1."""
+
+    client: socket.socket
+    src: Side
+    dst: Side
+    server: socket.socket
+    direction: SplicedDirection
+
+    def close(self) -> None:
+        self.direction.stop()
+        for sock in (self.client, self.server):
+            sock.close()
+        for side in (self.src, self.dst):
+            assert side.transport is not None
+            side.transport.close()
+
+
+async def spliced_pair(loop: asyncio.AbstractEventLoop) -> Rig:
     client, src_sock = tcp_pair()
     dst_sock, server = tcp_pair()
     for sock in (client, server):
@@ -58,78 +76,59 @@ async def spliced_pair(loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, 
     src.transport.pause_reading()  # the hold a relay takes before it splices
     direction = SplicedDirection(loop, src.transport, dst.transport, "client->server",
                                  release=src.transport.resume_reading)
-    return client, src, dst, server, direction
+    return Rig(client, src, dst, server, direction)
 
 
-async def read_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+async def recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
     got = bytearray()
-    while chunk := await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5):
-        got += chunk
+    while len(got) < n:
+        got += await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
     return bytes(got)
 
 
 def test_bytes_move_without_python_and_eof_returns_to_the_transport(loop: asyncio.AbstractEventLoop) -> None:
     async def scenario() -> None:
-        client, src, dst, server, direction = await spliced_pair(loop)
-        assert direction.active
+        rig = await spliced_pair(loop)
+        assert rig.direction.active
 
         async def send() -> None:
-            await loop.sock_sendall(client, PAYLOAD)
-            client.shutdown(socket.SHUT_WR)
+            await loop.sock_sendall(rig.client, PAYLOAD)
+            rig.client.shutdown(socket.SHUT_WR)
 
         sender = loop.create_task(send())
-        got = bytearray()
-        while len(got) < len(PAYLOAD):
-            got += await asyncio.wait_for(loop.sock_recv(server, 1 << 20), 5)
+        assert await recv_exactly(loop, rig.server, len(PAYLOAD)) == PAYLOAD
         await sender
-        assert bytes(got) == PAYLOAD
-        assert src.python_reads == 0
+        assert rig.src.python_reads == 0
         # The client's FIN: the splice hands the socket back and uvloop delivers the EOF.
-        await asyncio.wait_for(src.eof, 5)
-        assert not direction.active
-        for sock in (client, server):
-            sock.close()
-        for side in (src, dst):
-            assert side.transport is not None
-            side.transport.close()
+        await asyncio.wait_for(rig.src.eof, 5)
+        assert not rig.direction.active
+        rig.close()
 
     loop.run_until_complete(scenario())
 
 
 def test_a_full_destination_pauses_the_splice_and_loses_nothing(loop: asyncio.AbstractEventLoop) -> None:
     async def scenario() -> None:
-        client, src, dst, server, direction = await spliced_pair(loop)
+        rig = await spliced_pair(loop)
         payload = PAYLOAD * 8  # 64 MiB: more than every buffer on the way can hold
-        sender = loop.create_task(loop.sock_sendall(client, payload))
+        sender = loop.create_task(loop.sock_sendall(rig.client, payload))
         await asyncio.sleep(0.5)  # the server reads nothing meanwhile: the pipe cannot drain
         assert not sender.done()
-        got = bytearray()
-        while len(got) < len(payload):
-            got += await asyncio.wait_for(loop.sock_recv(server, 1 << 20), 5)
+        assert await recv_exactly(loop, rig.server, len(payload)) == payload
         await sender
-        assert bytes(got) == payload
-        direction.stop()
-        assert not direction.active
-        for sock in (client, server):
-            sock.close()
-        for side in (src, dst):
-            assert side.transport is not None
-            side.transport.close()
+        rig.close()
 
     loop.run_until_complete(scenario())
 
 
 def test_stop_releases_every_descriptor(loop: asyncio.AbstractEventLoop) -> None:
     async def scenario() -> None:
-        client, src, dst, server, direction = await spliced_pair(loop)
+        rig = await spliced_pair(loop)
         spliced = len(os.listdir("/proc/self/fd"))
-        direction.stop()
-        direction.stop()  # idempotent
+        rig.direction.stop()
+        rig.direction.stop()  # idempotent
+        assert not rig.direction.active
         assert len(os.listdir("/proc/self/fd")) == spliced - 4  # 2 duplicates, 2 pipe ends
-        for sock in (client, server):
-            sock.close()
-        for side in (src, dst):
-            assert side.transport is not None
-            side.transport.close()
+        rig.close()
 
     loop.run_until_complete(scenario())
